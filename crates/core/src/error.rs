@@ -1,0 +1,82 @@
+//! The OAuth error vocabulary (RFC 6749 §5.2, RFC 8707, RFC 7009) and its HTTP status mapping,
+//! kept in one place so every endpoint answers the same way.
+
+use serde::Serialize;
+
+/// Error codes Mandate returns from its OAuth endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    InvalidTarget,
+    UnsupportedTokenType,
+    AccessDenied,
+    ServerError,
+    TemporarilyUnavailable,
+}
+
+impl OAuthErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::AccessDenied => "access_denied",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    /// HTTP status per RFC 6749 §5.2: 401 for failed client authentication, 5xx for server
+    /// trouble, 400 for everything the client got wrong.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidClient => 401,
+            Self::AccessDenied => 403,
+            Self::ServerError => 500,
+            Self::TemporarilyUnavailable => 503,
+            _ => 400,
+        }
+    }
+}
+
+/// An OAuth error response: code plus a human-readable description (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{}: {description}", code.as_str())]
+pub struct OAuthError {
+    #[serde(rename = "error")]
+    pub code: OAuthErrorCode,
+    #[serde(rename = "error_description")]
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(code: OAuthErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::InvalidRequest, description)
+    }
+
+    pub fn invalid_client(description: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::InvalidClient, description)
+    }
+
+    pub fn server_error(description: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::ServerError, description)
+    }
+}

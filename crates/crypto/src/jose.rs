@@ -1,0 +1,325 @@
+//! Compact JWS signing and strict JWT verification. Verification never trusts the header to pick
+//! the algorithm: the key decides, the header must agree, and only EdDSA and ES256 exist here.
+//! Time checks use the caller's clock, not the library's.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Validation, decode, decode_header};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::keys::{Alg, KeyError, PublicKey, SigningKey};
+
+/// Larger tokens are refused before any parsing.
+pub const MAX_JWT_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token is larger than {MAX_JWT_BYTES} bytes")]
+    TooLarge,
+    #[error("algorithm {0} is not accepted")]
+    AlgorithmNotAllowed(String),
+    #[error("token type {found:?} is not {expected}")]
+    WrongType { found: Option<String>, expected: String },
+    #[error("unknown signing key {0:?}")]
+    UnknownKey(Option<String>),
+    #[error("the key's algorithm does not match the token's")]
+    AlgorithmMismatch,
+    #[error("signature is invalid")]
+    BadSignature,
+    #[error("required claim {0:?} is missing or has the wrong type")]
+    MissingClaim(&'static str),
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("issuer {0:?} is not accepted")]
+    WrongIssuer(String),
+    #[error("audience does not include {0:?}")]
+    WrongAudience(String),
+    #[error("critical header parameters are not supported")]
+    CriticalHeader,
+}
+
+/// What a verifier requires beyond a good signature.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions<'a> {
+    /// Accepted `typ` values (compared case-insensitively, with or without `application/`).
+    pub typ: &'a [&'a str],
+    /// Whether a token without `typ` is acceptable.
+    pub typ_optional: bool,
+    pub issuer: Option<&'a str>,
+    /// Audience the token must name (any of these).
+    pub audience: &'a [&'a str],
+    /// Current time in Unix seconds, from the caller's clock.
+    pub now: i64,
+    pub leeway_secs: i64,
+}
+
+/// Signs `claims` as a compact JWS with header `{alg, kid, typ}`.
+pub fn sign_jwt<C: Serialize>(key: &SigningKey, typ: &str, claims: &C) -> Result<String, KeyError> {
+    let header = json!({"alg": key.alg().as_str(), "kid": key.kid(), "typ": typ});
+    let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Sign)?;
+    let mut out = String::with_capacity(512);
+    out.push_str(&URL_SAFE_NO_PAD.encode(header.to_string()));
+    out.push('.');
+    out.push_str(&URL_SAFE_NO_PAD.encode(payload));
+    let signature = key.sign(out.as_bytes())?;
+    out.push('.');
+    out.push_str(&URL_SAFE_NO_PAD.encode(signature));
+    Ok(out)
+}
+
+/// The unverified header and claims, for routing only (finding the client or issuer whose
+/// keys must then verify the token). Never make a decision on these alone.
+pub fn peek_claims(token: &str) -> Result<Value, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("expected three dot-separated parts".into()));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| JwtError::Malformed("payload is not base64url".into()))?;
+    let claims: Value =
+        serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed("payload is not JSON".into()))?;
+    if claims.is_object() {
+        Ok(claims)
+    } else {
+        Err(JwtError::Malformed("payload is not a JSON object".into()))
+    }
+}
+
+/// Verifies a JWT against `keys` and `opts`; returns its claims.
+pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    if header.crit.is_some() {
+        return Err(JwtError::CriticalHeader);
+    }
+    let alg = allowed_alg(header.alg)?;
+    check_typ(header.typ.as_deref(), opts)?;
+    let key = select_key(keys, header.kid.as_deref(), alg)?;
+
+    let mut validation = Validation::new(alg.jsonwebtoken());
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = decode::<Value>(token, key.decoding_key(), &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
+            _ => JwtError::Malformed(e.to_string()),
+        })?
+        .claims;
+    check_claims(&claims, opts)?;
+    Ok(claims)
+}
+
+fn allowed_alg(alg: jsonwebtoken::Algorithm) -> Result<Alg, JwtError> {
+    match alg {
+        jsonwebtoken::Algorithm::EdDSA => Ok(Alg::EdDSA),
+        jsonwebtoken::Algorithm::ES256 => Ok(Alg::ES256),
+        other => Err(JwtError::AlgorithmNotAllowed(format!("{other:?}"))),
+    }
+}
+
+fn check_typ(found: Option<&str>, opts: &VerifyOptions<'_>) -> Result<(), JwtError> {
+    let wrong = || JwtError::WrongType {
+        found: found.map(str::to_owned),
+        expected: opts.typ.join(" or "),
+    };
+    let Some(found) = found else {
+        return if opts.typ_optional { Ok(()) } else { Err(wrong()) };
+    };
+    let lower = found.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    if opts.typ.iter().any(|t| t.eq_ignore_ascii_case(bare)) {
+        Ok(())
+    } else {
+        Err(wrong())
+    }
+}
+
+fn select_key<'k>(keys: &'k [PublicKey], kid: Option<&str>, alg: Alg) -> Result<&'k PublicKey, JwtError> {
+    let key = match kid {
+        Some(kid) => keys.iter().find(|k| k.kid() == kid),
+        None => {
+            let mut same_alg = keys.iter().filter(|k| k.alg() == alg);
+            match (same_alg.next(), same_alg.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
+    }
+    .ok_or_else(|| JwtError::UnknownKey(kid.map(str::to_owned)))?;
+    if key.alg() == alg {
+        Ok(key)
+    } else {
+        Err(JwtError::AlgorithmMismatch)
+    }
+}
+
+fn check_claims(claims: &Value, opts: &VerifyOptions<'_>) -> Result<(), JwtError> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(JwtError::MissingClaim("exp"))?;
+    if opts.now > exp + opts.leeway_secs {
+        return Err(JwtError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf.as_i64().ok_or(JwtError::MissingClaim("nbf"))?;
+        if opts.now + opts.leeway_secs < nbf {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_i64().ok_or(JwtError::MissingClaim("iat"))?;
+        if opts.now + opts.leeway_secs < iat {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let Some(expected) = opts.issuer {
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(JwtError::MissingClaim("iss"))?;
+        if iss != expected {
+            return Err(JwtError::WrongIssuer(iss.to_owned()));
+        }
+    }
+    if !opts.audience.is_empty() && !audience_matches(claims.get("aud"), opts.audience) {
+        return Err(JwtError::WrongAudience(opts.audience.join(" or ")));
+    }
+    Ok(())
+}
+
+fn audience_matches(aud: Option<&Value>, accepted: &[&str]) -> bool {
+    match aud {
+        Some(Value::String(one)) => accepted.contains(&one.as_str()),
+        Some(Value::Array(many)) => many
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| accepted.contains(&a)),
+        _ => false,
+    }
+}
+
+/// Signs and verifies once with a throwaway key.
+pub(crate) fn self_test() -> Result<(), KeyError> {
+    let key = SigningKey::generate(Alg::EdDSA)?;
+    let token = sign_jwt(&key, "at+jwt", &json!({"exp": 2, "iss": "self-test"}))?;
+    let opts = VerifyOptions {
+        typ: &["at+jwt"],
+        typ_optional: false,
+        issuer: Some("self-test"),
+        audience: &[],
+        now: 1,
+        leeway_secs: 0,
+    };
+    verify_jwt(&token, &[key.public().clone()], &opts)
+        .map(|_| ())
+        .map_err(|e| KeyError::SelfTest(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn opts(now: i64) -> VerifyOptions<'static> {
+        VerifyOptions {
+            typ: &["at+jwt"],
+            typ_optional: false,
+            issuer: Some("https://as.example"),
+            audience: &["https://api.example"],
+            now,
+            leeway_secs: 0,
+        }
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://as.example", "aud": "https://api.example", "exp": 200, "iat": 100, "sub": "s"})
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn round_trip_for_both_algorithms() {
+        crate::init().unwrap();
+        for alg in [Alg::EdDSA, Alg::ES256] {
+            let key = SigningKey::generate(alg).unwrap();
+            let token = sign_jwt(&key, "at+jwt", &claims()).unwrap();
+            let got = verify_jwt(&token, &[key.public().clone()], &opts(150)).unwrap();
+            assert_eq!(got["sub"], "s");
+        }
+    }
+
+    #[test]
+    fn rejects_time_issuer_audience_and_type_violations() {
+        crate::init().unwrap();
+        let key = SigningKey::generate(Alg::EdDSA).unwrap();
+        let keys = [key.public().clone()];
+        let token = sign_jwt(&key, "at+jwt", &claims()).unwrap();
+        assert_eq!(verify_jwt(&token, &keys, &opts(201)), Err(JwtError::Expired));
+        assert_eq!(verify_jwt(&token, &keys, &opts(99)), Err(JwtError::NotYetValid));
+        let mut o = opts(150);
+        o.issuer = Some("https://other");
+        assert!(matches!(verify_jwt(&token, &keys, &o), Err(JwtError::WrongIssuer(_))));
+        let mut o = opts(150);
+        o.audience = &["https://elsewhere"];
+        assert!(matches!(verify_jwt(&token, &keys, &o), Err(JwtError::WrongAudience(_))));
+        let wrong_typ = sign_jwt(&key, "JWT", &claims()).unwrap();
+        assert!(matches!(verify_jwt(&wrong_typ, &keys, &opts(150)), Err(JwtError::WrongType { .. })));
+        let app_typ = sign_jwt(&key, "application/at+jwt", &claims()).unwrap();
+        assert!(verify_jwt(&app_typ, &keys, &opts(150)).is_ok());
+        let no_exp = sign_jwt(&key, "at+jwt", &json!({"iss": "https://as.example", "aud": "https://api.example"})).unwrap();
+        assert_eq!(verify_jwt(&no_exp, &keys, &opts(150)), Err(JwtError::MissingClaim("exp")));
+    }
+
+    #[test]
+    fn rejects_none_hmac_and_algorithm_confusion() {
+        crate::init().unwrap();
+        let key = SigningKey::generate(Alg::EdDSA).unwrap();
+        let keys = [key.public().clone()];
+        let body = b64(&claims());
+        let none = format!("{}.{body}.", b64(&json!({"alg": "none", "typ": "at+jwt"})));
+        assert!(verify_jwt(&none, &keys, &opts(150)).is_err());
+        let hs = format!("{}.{body}.c2ln", b64(&json!({"alg": "HS256", "typ": "at+jwt", "kid": key.kid()})));
+        assert!(matches!(verify_jwt(&hs, &keys, &opts(150)), Err(JwtError::AlgorithmNotAllowed(_))));
+        // An EdDSA key named by kid, but the header claims ES256: the key decides, so refuse.
+        let es = SigningKey::generate(Alg::ES256).unwrap();
+        let header = b64(&json!({"alg": "ES256", "typ": "at+jwt", "kid": key.kid()}));
+        let signing_input = format!("{header}.{body}");
+        let sig = URL_SAFE_NO_PAD.encode(es.sign(signing_input.as_bytes()).unwrap());
+        let confused = format!("{signing_input}.{sig}");
+        assert_eq!(verify_jwt(&confused, &keys, &opts(150)), Err(JwtError::AlgorithmMismatch));
+        let crit = format!("{}.{body}.AA", b64(&json!({"alg": "EdDSA", "typ": "at+jwt", "crit": ["x"], "x": 1})));
+        assert_eq!(verify_jwt(&crit, &keys, &opts(150)), Err(JwtError::CriticalHeader));
+    }
+
+    #[test]
+    fn rejects_forged_signatures_unknown_keys_and_oversize() {
+        crate::init().unwrap();
+        let key = SigningKey::generate(Alg::EdDSA).unwrap();
+        let other = SigningKey::generate(Alg::EdDSA).unwrap();
+        let token = sign_jwt(&key, "at+jwt", &claims()).unwrap();
+        assert!(matches!(
+            verify_jwt(&token, &[other.public().clone()], &opts(150)),
+            Err(JwtError::UnknownKey(_))
+        ));
+        let (head, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode(other.sign(head.as_bytes()).unwrap()));
+        assert_eq!(verify_jwt(&forged, &[key.public().clone()], &opts(150)), Err(JwtError::BadSignature));
+        let huge = "a".repeat(MAX_JWT_BYTES + 1);
+        assert_eq!(verify_jwt(&huge, &[key.public().clone()], &opts(150)), Err(JwtError::TooLarge));
+        assert!(peek_claims("a.b").is_err());
+    }
+}

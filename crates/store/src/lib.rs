@@ -1,0 +1,97 @@
+//! Persistence behind one trait, [`Store`], with an embedded SQLite implementation (default)
+//! and a PostgreSQL one for several replicas. Every write goes through [`Store::commit`], which
+//! applies state changes and appends their audit events in one transaction, so the log and the
+//! state it describes can never disagree.
+
+mod migrate;
+pub mod postgres;
+pub mod sqlite;
+mod types;
+
+use async_trait::async_trait;
+use mandate_core::{Agent, AuditEvent, Client, Owner, Resource};
+
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("the audit log is inconsistent: {0}")]
+    AuditChain(String),
+    #[error("unsupported database URL {0:?}: use a file path, sqlite://PATH or postgres://…")]
+    BadUrl(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Turns an event into its log entry once the log has assigned its position. Implemented by the
+/// audit crate, which owns the canonical form and hashing; the store only persists the result.
+pub trait EntryEncoder: Send + Sync {
+    fn encode(&self, position: &EntryPosition, event: &AuditEvent) -> EncodedEntry;
+}
+
+/// Mandate's persistent state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn owner(&self, name: &str) -> Result<Option<Owner>>;
+    async fn owners(&self) -> Result<Vec<Owner>>;
+    async fn agent(&self, name: &str) -> Result<Option<Agent>>;
+    async fn agents(&self) -> Result<Vec<Agent>>;
+    async fn client(&self, client_id: &str) -> Result<Option<Client>>;
+    async fn clients(&self) -> Result<Vec<Client>>;
+    async fn resource(&self, uri: &str) -> Result<Option<Resource>>;
+    async fn resources(&self) -> Result<Vec<Resource>>;
+
+    /// The latest "not before" epoch (Unix seconds) over the given subjects, if any was set.
+    async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool>;
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>>;
+    async fn setting(&self, key: &str) -> Result<Option<String>>;
+
+    /// Applies each job's mutation and appends its event, all in one durable transaction.
+    /// A job whose mutation fails is rolled back alone and its event is logged as a refusal.
+    async fn commit(&self, jobs: Vec<WriteJob>, encoder: std::sync::Arc<dyn EntryEncoder>) -> Result<Vec<JobOutcome>>;
+
+    /// Number of entries in the audit log.
+    async fn audit_len(&self) -> Result<u64>;
+    /// Entries with `from <= seq < to`, in order.
+    async fn audit_entries(&self, from: u64, to: u64) -> Result<Vec<StoredEntry>>;
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>>;
+    /// Stores a checkpoint; one that already exists for the same size is left as it is.
+    async fn insert_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<()>;
+
+    /// Drops revocation and replay entries whose tokens expired before `now_secs`.
+    async fn purge_expired(&self, now_secs: i64) -> Result<u64>;
+}
+
+/// Opens the store a database URL names: `postgres://…` / `postgresql://…`, or SQLite at
+/// `sqlite://PATH` or a plain path. Migrations run on open.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Err(StoreError::BadUrl(url.to_owned()))
+    } else {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        if path.is_empty() || url.contains("://") && !url.starts_with("sqlite://") {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        }
+        Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
+    }
+}

@@ -1,0 +1,21 @@
+//! Ordered, embedded schema migrations for both dialects. Each runs once, in its own
+//! transaction, recorded in `schema_migrations`. (A dedicated migration crate would add more
+//! dependencies than this file has lines.)
+
+pub(crate) struct Migration {
+    pub version: i64,
+    pub sql: &'static str,
+}
+
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../migrations/sqlite/V1__init.sql"),
+}];
+
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../migrations/postgres/V1__init.sql"),
+}];
+
+pub(crate) const CREATE_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";

@@ -1,0 +1,155 @@
+//! Records and write jobs the store persists.
+
+use mandate_core::{Agent, AuditEvent, Client, Owner, Resource};
+
+/// Whose tokens a "not before" epoch invalidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochKind {
+    Agent,
+    Owner,
+    Client,
+}
+
+impl EpochKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Owner => "owner",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// A signing key as stored: the private key sealed with the KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kid: String,
+    /// `token` (access tokens and other JWTs) or `audit` (checkpoints).
+    pub purpose: String,
+    pub alg: String,
+    pub sealed_private_key: Vec<u8>,
+    pub created_at_ms: i64,
+    /// The key is published from creation and signs from this time on.
+    pub activate_at_ms: i64,
+    /// After this time the key no longer signs; it stays published while its tokens may live.
+    pub retire_at_ms: Option<i64>,
+}
+
+/// A state change that must happen together with its audit event.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    CreateOwner(Owner),
+    DeleteOwner(String),
+    CreateAgent(Agent),
+    DeleteAgent(String),
+    CreateClient(Client),
+    DeleteClient(String),
+    CreateResource(Resource),
+    DeleteResource(String),
+    /// Raise (never lower) a subject's "not before" epoch.
+    RevokeBefore { kind: EpochKind, name: String, not_before_secs: i64 },
+    RevokeToken { jti: String, expires_at_secs: i64 },
+    /// Record a one-time identifier (client assertion `jti`); fails if it was seen before.
+    ConsumeOnce { id: String, expires_at_secs: i64 },
+    InsertKey(StoredKey),
+    RetireKey { kid: String, retire_at_ms: i64 },
+    PutSetting { key: String, value: String },
+}
+
+/// One unit of the write path: an optional mutation and the event that records it.
+#[derive(Debug, Clone)]
+pub struct WriteJob {
+    pub mutation: Option<Mutation>,
+    pub event: AuditEvent,
+    pub ts_ms: i64,
+}
+
+/// Why a mutation was refused; the job's event is then logged as a refusal with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("still referenced: {0}")]
+    InUse(String),
+}
+
+impl MutationError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Conflict(_) => "conflict",
+            Self::NotFound(_) => "not_found",
+            Self::InUse(_) => "in_use",
+        }
+    }
+}
+
+/// What happened to one job: the sequence number of its event, and the mutation's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub seq: u64,
+    pub result: Result<(), MutationError>,
+}
+
+/// Where an entry lands in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPosition {
+    pub seq: u64,
+    pub prev: [u8; 32],
+    pub ts_ms: i64,
+}
+
+/// An entry ready to persist: canonical JSON and its leaf hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEntry {
+    pub canonical: String,
+    pub leaf_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub leaf_hash: [u8; 32],
+    pub canonical: String,
+}
+
+/// A signed tree head and the compact Merkle frontier that lets the next one be computed from
+/// the entries after it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub tree_size: u64,
+    pub root: [u8; 32],
+    pub note: String,
+    /// Roots of the perfect subtrees covering `0..tree_size`, largest first.
+    pub frontier: Vec<[u8; 32]>,
+    pub created_at_ms: i64,
+}
+
+pub(crate) fn scopes_to_text(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+pub(crate) fn scopes_from_text(text: &str) -> Vec<String> {
+    text.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+pub(crate) fn frontier_to_text(frontier: &[[u8; 32]]) -> String {
+    frontier.iter().map(hex::encode).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn frontier_from_text(text: &str) -> Option<Vec<[u8; 32]>> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(hash_from_hex)
+        .collect()
+}
+
+pub(crate) fn hash_from_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+pub(crate) fn hash_from_slice(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}

@@ -1,0 +1,273 @@
+//! The store contract, run against every backend: SQLite always, PostgreSQL at
+//! `MANDATE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`), each test in a
+//! fresh schema.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use mandate_core::{Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, TrustDomain};
+use mandate_store::*;
+
+/// A stand-in encoder: the store only needs a deterministic hash that depends on the position.
+struct TestEncoder;
+
+impl EntryEncoder for TestEncoder {
+    fn encode(&self, position: &EntryPosition, event: &AuditEvent) -> EncodedEntry {
+        let canonical = format!(
+            "{}|{}|{}|{}|{}",
+            position.seq,
+            hex::encode(position.prev),
+            event.action,
+            event.decision.as_str(),
+            event.reason.clone().unwrap_or_default()
+        );
+        let mut leaf_hash = [0u8; 32];
+        for (i, b) in canonical.bytes().enumerate() {
+            leaf_hash[i % 32] = leaf_hash[i % 32].wrapping_mul(31).wrapping_add(b);
+        }
+        EncodedEntry { canonical, leaf_hash }
+    }
+}
+
+fn job(mutation: Option<Mutation>, action: &str) -> WriteJob {
+    WriteJob { mutation, event: AuditEvent::allow(action, "corr"), ts_ms: 1 }
+}
+
+fn owner(name: &str) -> Owner {
+    Owner { name: Name::parse(name).unwrap(), display_name: Some("Alice A.".into()), created_at_ms: 10 }
+}
+
+fn agent(name: &str, owner: &str) -> Agent {
+    let n = Name::parse(name).unwrap();
+    Agent {
+        spiffe_id: TrustDomain::parse("example.org").unwrap().agent_id(&n),
+        name: n,
+        owner: Name::parse(owner).unwrap(),
+        scopes: vec!["read".into(), "write".into()],
+        created_at_ms: 11,
+    }
+}
+
+fn client(id: &str, agent: &str) -> Client {
+    Client {
+        client_id: id.into(),
+        agent: Name::parse(agent).unwrap(),
+        auth_method: ClientAuthMethod::ClientSecretBasic,
+        secret_hash: Some("ab".repeat(32)),
+        jwks: None,
+        can_introspect: true,
+        created_at_ms: 12,
+    }
+}
+
+async fn commit(store: &Arc<dyn Store>, jobs: Vec<WriteJob>) -> Vec<JobOutcome> {
+    store.commit(jobs, Arc::new(TestEncoder)).await.unwrap()
+}
+
+pub async fn registry_round_trip(store: Arc<dyn Store>) {
+    let resource = Resource {
+        uri: ResourceUri::parse("https://api.example.com").unwrap(),
+        scopes: vec!["read".into()],
+        created_at_ms: 13,
+    };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateOwner(owner("alice"))), "registry.owner.create"),
+            job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "registry.agent.create"),
+            job(Some(Mutation::CreateClient(client("c1", "bot"))), "registry.client.create"),
+            job(Some(Mutation::CreateResource(resource.clone())), "registry.resource.create"),
+        ],
+    )
+    .await;
+    assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+    assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+
+    assert_eq!(store.owner("alice").await.unwrap(), Some(owner("alice")));
+    assert_eq!(store.agent("bot").await.unwrap(), Some(agent("bot", "alice")));
+    assert_eq!(store.client("c1").await.unwrap(), Some(client("c1", "bot")));
+    assert_eq!(store.resource("https://api.example.com").await.unwrap(), Some(resource));
+    assert_eq!(store.owners().await.unwrap().len(), 1);
+    assert_eq!(store.agents().await.unwrap().len(), 1);
+    assert_eq!(store.clients().await.unwrap().len(), 1);
+    assert_eq!(store.resources().await.unwrap().len(), 1);
+    assert_eq!(store.agent("nobody").await.unwrap(), None);
+}
+
+pub async fn refused_mutations_change_nothing_but_are_logged(store: Arc<dyn Store>) {
+    commit(&store, vec![job(Some(Mutation::CreateOwner(owner("alice"))), "a")]).await;
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateOwner(owner("alice"))), "dup"),
+            job(Some(Mutation::CreateAgent(agent("bot", "ghost"))), "missing-owner"),
+            job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "ok"),
+            job(Some(Mutation::DeleteOwner("alice".into())), "in-use"),
+            job(Some(Mutation::DeleteAgent("nobody".into())), "not-found"),
+        ],
+    )
+    .await;
+    assert!(matches!(out[0].result, Err(MutationError::Conflict(_))), "{:?}", out[0]);
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))), "{:?}", out[1]);
+    assert!(out[2].result.is_ok());
+    assert!(matches!(out[3].result, Err(MutationError::InUse(_))), "{:?}", out[3]);
+    assert!(matches!(out[4].result, Err(MutationError::NotFound(_))), "{:?}", out[4]);
+    // The owner still has exactly one agent; nothing half-applied.
+    assert_eq!(store.agents().await.unwrap().len(), 1);
+    assert!(store.owner("alice").await.unwrap().is_some());
+    // Every job, refused or not, has its event, and refusals say so.
+    assert_eq!(store.audit_len().await.unwrap(), 6);
+    let entries = store.audit_entries(1, 6).await.unwrap();
+    assert!(entries[0].canonical.ends_with("|dup|deny|conflict"), "{}", entries[0].canonical);
+    assert!(entries[1].canonical.ends_with("|missing-owner|deny|not_found"));
+    assert!(entries[2].canonical.ends_with("|ok|allow|"));
+    assert!(entries[3].canonical.ends_with("|in-use|deny|in_use"));
+}
+
+pub async fn audit_chain_links_across_commits(store: Arc<dyn Store>) {
+    commit(&store, vec![job(None, "a"), job(None, "b")]).await;
+    commit(&store, vec![job(None, "c")]).await;
+    let entries = store.audit_entries(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries[0].canonical.starts_with(&format!("0|{}|", "0".repeat(64))));
+    for pair in entries.windows(2) {
+        let expected_prefix = format!("{}|{}|", pair[1].seq, hex::encode(pair[0].leaf_hash));
+        assert!(pair[1].canonical.starts_with(&expected_prefix), "{}", pair[1].canonical);
+    }
+    assert_eq!(store.audit_entries(1, 2).await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_commits_keep_one_chain(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for j in 0..5 {
+                commit(&store, vec![job(None, &format!("t{i}-{j}")), job(None, "x")]).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let entries = store.audit_entries(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 80);
+    for (i, pair) in entries.windows(2).enumerate() {
+        assert_eq!(pair[1].seq, i as u64 + 1);
+        assert!(pair[1].canonical.contains(&hex::encode(pair[0].leaf_hash)));
+    }
+}
+
+pub async fn revocation_epochs_only_rise(store: Arc<dyn Store>) {
+    let epoch = |kind, name: &str, secs| {
+        job(Some(Mutation::RevokeBefore { kind, name: name.into(), not_before_secs: secs }), "revoke")
+    };
+    assert_eq!(store.revoked_before(&[(EpochKind::Agent, "bot")]).await.unwrap(), None);
+    commit(&store, vec![epoch(EpochKind::Agent, "bot", 100), epoch(EpochKind::Agent, "bot", 50)]).await;
+    commit(&store, vec![epoch(EpochKind::Owner, "alice", 70)]).await;
+    let both = [(EpochKind::Agent, "bot"), (EpochKind::Owner, "alice"), (EpochKind::Client, "c")];
+    assert_eq!(store.revoked_before(&both).await.unwrap(), Some(100));
+    assert_eq!(store.revoked_before(&[(EpochKind::Owner, "alice")]).await.unwrap(), Some(70));
+    assert_eq!(store.revoked_before(&[(EpochKind::Owner, "bot")]).await.unwrap(), None);
+}
+
+pub async fn token_revocation_and_one_time_ids(store: Arc<dyn Store>) {
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::RevokeToken { jti: "j1".into(), expires_at_secs: 100 }), "revoke"),
+            job(Some(Mutation::RevokeToken { jti: "j1".into(), expires_at_secs: 100 }), "revoke-again"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 100 }), "use"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 100 }), "replay"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:old".into(), expires_at_secs: 10 }), "old"),
+        ],
+    )
+    .await;
+    assert!(out[1].result.is_ok(), "revoking twice is idempotent");
+    assert!(out[2].result.is_ok());
+    assert!(matches!(out[3].result, Err(MutationError::Conflict(_))));
+    assert!(store.is_token_revoked("j1").await.unwrap());
+    assert!(!store.is_token_revoked("j2").await.unwrap());
+    assert_eq!(store.purge_expired(50).await.unwrap(), 1);
+    // After its expiry is purged, the old id is free again; the live one is still taken.
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::ConsumeOnce { id: "c1:old".into(), expires_at_secs: 200 }), "old"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 200 }), "a"),
+        ],
+    )
+    .await;
+    assert!(out[0].result.is_ok());
+    assert!(out[1].result.is_err());
+}
+
+pub async fn keys_settings_and_checkpoints(store: Arc<dyn Store>) {
+    let key = StoredKey {
+        kid: "k1".into(),
+        purpose: "token".into(),
+        alg: "EdDSA".into(),
+        sealed_private_key: vec![1, 2, 3],
+        created_at_ms: 1,
+        activate_at_ms: 2,
+        retire_at_ms: None,
+    };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::InsertKey(key.clone())), "key"),
+            job(Some(Mutation::RetireKey { kid: "k1".into(), retire_at_ms: 99 }), "retire"),
+            job(Some(Mutation::RetireKey { kid: "nope".into(), retire_at_ms: 99 }), "retire-missing"),
+            job(Some(Mutation::PutSetting { key: "s".into(), value: "1".into() }), "set"),
+            job(Some(Mutation::PutSetting { key: "s".into(), value: "2".into() }), "set"),
+        ],
+    )
+    .await;
+    assert!(out[2].result.is_err());
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys, vec![StoredKey { retire_at_ms: Some(99), ..key }]);
+    assert_eq!(store.setting("s").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(store.setting("missing").await.unwrap(), None);
+
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    let cp = |size, byte| StoredCheckpoint {
+        tree_size: size,
+        root: [byte; 32],
+        note: format!("note {size}"),
+        frontier: vec![[byte; 32], [7; 32]],
+        created_at_ms: 5,
+    };
+    store.insert_checkpoint(&cp(3, 1)).await.unwrap();
+    store.insert_checkpoint(&cp(5, 2)).await.unwrap();
+    store.insert_checkpoint(&cp(5, 9)).await.unwrap();
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some(cp(5, 2)));
+    assert_eq!(store.checkpoints().await.unwrap(), vec![cp(3, 1), cp(5, 2)]);
+}
+
+macro_rules! suite {
+    ($backend:ident, $make:path) => {
+        mod $backend {
+            use super::*;
+            suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
+                audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
+                revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints);
+        }
+    };
+    (@tests $make:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make().await;
+                super::$name(store).await;
+            }
+        )*
+    };
+}
+
+async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("test.db")).unwrap();
+    (Arc::new(store), dir)
+}
+
+suite!(sqlite, sqlite_store);
