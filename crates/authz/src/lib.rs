@@ -1,1 +1,113 @@
-//! placeholder
+//! Grants, exchanges and token lifecycle as plain async functions over the store, the audit log
+//! and the keyring: client authentication, the client_credentials grant, introspection,
+//! revocation and the kill switch, and the registry. No HTTP here; `server` maps requests in.
+
+pub mod client_auth;
+pub mod introspect;
+pub mod keyring;
+pub mod registry;
+pub mod revoke;
+pub mod token;
+
+use std::sync::Arc;
+
+use mandate_audit::{AuditError, AuditLog};
+use mandate_core::{AuditEvent, Clock, OAuthError, TrustDomain};
+use mandate_crypto::Alg;
+use mandate_store::{Mutation, MutationError, Store, StoreError};
+
+pub use keyring::Keyring;
+
+/// Issuance settings.
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    /// The issuer identifier (`iss`), e.g. `http://127.0.0.1:8080`.
+    pub issuer: String,
+    pub trust_domain: TrustDomain,
+    pub access_token_ttl_secs: i64,
+    pub access_token_alg: Alg,
+    /// Tolerated clock difference when checking foreign JWTs (client assertions).
+    pub leeway_secs: i64,
+    /// Client assertions may not be valid for longer than this, which also bounds the replay cache.
+    pub max_assertion_lifetime_secs: i64,
+    /// How long a rotated-in key is published before it signs (default rotation lead).
+    pub key_publish_lead_secs: i64,
+}
+
+impl AuthzConfig {
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.issuer)
+    }
+}
+
+/// Everything a grant needs; cheap to clone.
+#[derive(Clone)]
+pub struct Authz {
+    pub store: Arc<dyn Store>,
+    pub log: AuditLog,
+    pub keys: Arc<Keyring>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<AuthzConfig>,
+}
+
+/// Who called an endpoint, once authenticated, for audit and authorisation decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Client(client_auth::AuthenticatedClient),
+}
+
+pub(crate) fn store_failure(e: StoreError) -> OAuthError {
+    tracing::error!(error = %e, "store failure");
+    OAuthError::server_error("storage is unavailable")
+}
+
+pub(crate) fn audit_failure(e: AuditError) -> OAuthError {
+    tracing::error!(error = %e, "audit failure");
+    OAuthError::new(
+        mandate_core::OAuthErrorCode::TemporarilyUnavailable,
+        "the audit log is unavailable; nothing was done",
+    )
+}
+
+/// A fresh token id: 128 random bits, base64url.
+pub(crate) fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    mandate_crypto::secret::fill_random(&mut bytes);
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+/// Records the outcome of a request in the audit log and only then answers: a refusal is logged
+/// with its OAuth error; a success is logged together with its state change (if any), and a
+/// refused state change (e.g. a replayed assertion `jti`) turns the success into `on_refused`.
+pub(crate) async fn conclude<T>(
+    authz: &Authz,
+    event: AuditEvent,
+    outcome: Result<(T, Option<Mutation>), OAuthError>,
+    on_refused: impl FnOnce(MutationError) -> OAuthError,
+) -> Result<T, OAuthError> {
+    match outcome {
+        Err(error) => {
+            let event = event.refused(error.code.as_str(), &error.description);
+            authz.log.record(event).await.map_err(audit_failure)?;
+            Err(error)
+        }
+        Ok((value, None)) => {
+            authz.log.record(event).await.map_err(audit_failure)?;
+            Ok(value)
+        }
+        Ok((value, Some(mutation))) => match authz.log.apply(mutation, event).await.map_err(audit_failure)? {
+            Ok(_) => Ok(value),
+            Err(refused) => Err(on_refused(refused)),
+        },
+    }
+}
+
+/// Logs a refusal that happened before any grant logic ran (malformed request, bad content type).
+pub async fn record_refusal(authz: &Authz, event: AuditEvent, error: OAuthError) -> OAuthError {
+    let event = event.refused(error.code.as_str(), &error.description);
+    match authz.log.record(event).await {
+        Ok(_) => error,
+        Err(e) => audit_failure(e),
+    }
+}

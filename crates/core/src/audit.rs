@@ -66,6 +66,11 @@ impl AuditEvent {
         self
     }
 
+    pub fn with_correlation(mut self, correlation_id: &str) -> Self {
+        self.correlation_id = correlation_id.to_owned();
+        self
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self

@@ -97,6 +97,11 @@ impl TrustDomain {
     pub fn agent_id(&self, agent: &Name) -> SpiffeId {
         SpiffeId(format!("spiffe://{}/agent/{}", self.0, agent.as_str()))
     }
+
+    /// The SPIFFE ID an agent of this name would have, for naming unvalidated input in logs.
+    pub fn agent_id_str(&self, agent: &str) -> String {
+        format!("spiffe://{}/agent/{agent}", self.0)
+    }
 }
 
 impl fmt::Display for TrustDomain {

@@ -1,1 +1,136 @@
-fn main() {}
+//! The `mandate` binary: `serve` runs the authorization server; every other command is an
+//! operator action on the same data directory (it may run while the server runs).
+
+mod commands;
+mod config;
+mod serve;
+mod setup;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "mandate", version, about = "Identity, delegated authority and an audit trail for AI agents")]
+struct Cli {
+    /// Data directory (SQLite database, key-encryption key, admin credential).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Database URL: postgres://… for PostgreSQL; SQLite in the data directory by default.
+    #[arg(long, global = true)]
+    database: Option<String>,
+    /// TOML config file (also MANDATE_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the authorization server.
+    Serve(ServeArgs),
+    /// Manage owners (responsible humans or organisations).
+    #[command(subcommand)]
+    Owner(commands::OwnerCmd),
+    /// Manage agents.
+    #[command(subcommand)]
+    Agent(commands::AgentCmd),
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Client(commands::ClientCmd),
+    /// Manage protected resources.
+    #[command(subcommand)]
+    Resource(commands::ResourceCmd),
+    /// Kill switch: invalidate everything issued to an agent, owner or client until now.
+    Revoke(commands::RevokeArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(commands::KeysCmd),
+    /// Audit log export and offline verification.
+    #[command(subcommand)]
+    Audit(commands::AuditCmd),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Public issuer URL (default http://<listen address>).
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let settings = settings(&cli)?;
+    init_logging(&settings);
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = settings.overlay(Settings { listen: args.listen, issuer: args.issuer, ..Settings::default() });
+            serve::serve(settings).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Audit(commands::AuditCmd::Verify(args)) => commands::verify_audit(&args, cli.json),
+        command => {
+            let out = commands::Output { json: cli.json };
+            let authz = setup::open(&settings, settings_issuer(&settings)).await?;
+            let result = match command {
+                Command::Owner(c) => commands::owner(&authz, c, &out).await,
+                Command::Agent(c) => commands::agent(&authz, c, &out).await,
+                Command::Client(c) => commands::client(&authz, c, &out).await,
+                Command::Resource(c) => commands::resource(&authz, c, &out).await,
+                Command::Revoke(a) => commands::revoke(&authz, a, &out).await,
+                Command::Keys(c) => commands::keys(&authz, c, &out).await,
+                Command::Audit(c) => commands::audit(&authz, c, &out).await,
+                Command::Serve(_) => unreachable!("handled above"),
+            };
+            result.map(|()| std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let config_path = cli.config.clone().or_else(|| std::env::var_os("MANDATE_CONFIG").map(PathBuf::from));
+    let file = match config_path {
+        Some(path) => Settings::from_file(&path)?,
+        None => Settings::default(),
+    };
+    let env = Settings::from_env(std::env::vars()).context("environment")?;
+    let flags = Settings { data_dir: cli.data_dir.clone(), database: cli.database.clone(), ..Settings::default() };
+    Ok(Settings::default().overlay(file).overlay(env).overlay(flags))
+}
+
+fn settings_issuer(settings: &Settings) -> String {
+    settings.issuer.clone().unwrap_or_else(|| format!("http://{}", settings.listen()))
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(settings.log.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

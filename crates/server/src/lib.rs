@@ -1,1 +1,45 @@
-//! placeholder
+//! Mandate's HTTP surface on one port: OAuth endpoints (`/oauth2/*`), discovery
+//! (`/.well-known/*`), the admin API (`/admin/api/v1/*`) and health. Handlers only translate
+//! HTTP to calls into `authz`; no business rule lives here.
+
+mod admin;
+mod discovery;
+mod oauth;
+mod reply;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use mandate_authz::Authz;
+use mandate_crypto::{constant_time_eq, hash_secret};
+
+pub use reply::MAX_FORM_BYTES;
+
+/// Shared request state.
+#[derive(Clone)]
+pub struct AppState {
+    pub authz: Authz,
+    /// SHA-256 (hex) of the admin bearer credential.
+    pub admin_token_hash: Arc<str>,
+}
+
+impl AppState {
+    pub(crate) fn is_admin_token(&self, presented: &str) -> bool {
+        constant_time_eq(hash_secret(presented).as_bytes(), self.admin_token_hash.as_bytes())
+    }
+}
+
+/// The complete router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/.well-known/oauth-authorization-server", get(discovery::authorization_server))
+        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
+        .route("/.well-known/jwks.json", get(discovery::jwks))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .nest("/admin/api/v1", admin::routes())
+        .with_state(state)
+}

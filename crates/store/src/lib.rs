@@ -5,12 +5,15 @@
 
 mod migrate;
 pub mod postgres;
+mod read;
 pub mod sqlite;
 mod types;
+mod write;
 
 use async_trait::async_trait;
 use mandate_core::{Agent, AuditEvent, Client, Owner, Resource};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::*;
 
@@ -24,6 +27,8 @@ pub enum StoreError {
     AuditChain(String),
     #[error("unsupported database URL {0:?}: use a file path, sqlite://PATH or postgres://…")]
     BadUrl(String),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -33,8 +38,12 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl From<tokio_postgres::Error> for StoreError {
+    /// Keeps the cause, which holds the server's message: the error alone says only "db error".
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Database(e.to_string())
+        match std::error::Error::source(&e) {
+            Some(cause) => Self::Database(format!("{e}: {cause}")),
+            None => Self::Database(e.to_string()),
+        }
     }
 }
 
@@ -67,7 +76,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies each job's mutation and appends its event, all in one durable transaction.
     /// A job whose mutation fails is rolled back alone and its event is logged as a refusal.
-    async fn commit(&self, jobs: Vec<WriteJob>, encoder: std::sync::Arc<dyn EntryEncoder>) -> Result<Vec<JobOutcome>>;
+    async fn commit(
+        &self,
+        jobs: Vec<WriteJob>,
+        encoder: std::sync::Arc<dyn EntryEncoder>,
+    ) -> Result<Vec<JobOutcome>>;
 
     /// Number of entries in the audit log.
     async fn audit_len(&self) -> Result<u64>;
@@ -86,12 +99,16 @@ pub trait Store: Send + Sync + 'static {
 /// `sqlite://PATH` or a plain path. Migrations run on open.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Err(StoreError::BadUrl(url.to_owned()))
+        Ok(std::sync::Arc::new(
+            PostgresStore::connect(url, None).await?,
+        ))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         if path.is_empty() || url.contains("://") && !url.starts_with("sqlite://") {
             return Err(StoreError::BadUrl(url.to_owned()));
         }
-        Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
+        Ok(std::sync::Arc::new(SqliteStore::open(
+            std::path::Path::new(path),
+        )?))
     }
 }

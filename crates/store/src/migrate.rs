@@ -17,5 +17,9 @@ pub(crate) const POSTGRES: &[Migration] = &[Migration {
     sql: include_str!("../migrations/postgres/V1__init.sql"),
 }];
 
-pub(crate) const CREATE_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
+pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+    (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
+
+pub(crate) const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
+pub(crate) const RECORD_VERSION: &str =
+    "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, 0)";

@@ -47,13 +47,29 @@ pub enum Mutation {
     CreateResource(Resource),
     DeleteResource(String),
     /// Raise (never lower) a subject's "not before" epoch.
-    RevokeBefore { kind: EpochKind, name: String, not_before_secs: i64 },
-    RevokeToken { jti: String, expires_at_secs: i64 },
+    RevokeBefore {
+        kind: EpochKind,
+        name: String,
+        not_before_secs: i64,
+    },
+    RevokeToken {
+        jti: String,
+        expires_at_secs: i64,
+    },
     /// Record a one-time identifier (client assertion `jti`); fails if it was seen before.
-    ConsumeOnce { id: String, expires_at_secs: i64 },
+    ConsumeOnce {
+        id: String,
+        expires_at_secs: i64,
+    },
     InsertKey(StoredKey),
-    RetireKey { kid: String, retire_at_ms: i64 },
-    PutSetting { key: String, value: String },
+    RetireKey {
+        kid: String,
+        retire_at_ms: i64,
+    },
+    PutSetting {
+        key: String,
+        value: String,
+    },
 }
 
 /// One unit of the write path: an optional mutation and the event that records it.
@@ -131,11 +147,18 @@ pub(crate) fn scopes_to_text(scopes: &[String]) -> String {
 }
 
 pub(crate) fn scopes_from_text(text: &str) -> Vec<String> {
-    text.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    text.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 pub(crate) fn frontier_to_text(frontier: &[[u8; 32]]) -> String {
-    frontier.iter().map(hex::encode).collect::<Vec<_>>().join(",")
+    frontier
+        .iter()
+        .map(hex::encode)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn frontier_from_text(text: &str) -> Option<Vec<[u8; 32]>> {
@@ -152,4 +175,12 @@ pub(crate) fn hash_from_hex(text: &str) -> Option<[u8; 32]> {
 
 pub(crate) fn hash_from_slice(bytes: &[u8]) -> Option<[u8; 32]> {
     bytes.try_into().ok()
+}
+
+pub(crate) fn to_i64(n: u64) -> crate::Result<i64> {
+    i64::try_from(n).map_err(|e| crate::StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn to_u64(n: i64) -> crate::Result<u64> {
+    u64::try_from(n).map_err(|e| crate::StoreError::Corrupt(e.to_string()))
 }

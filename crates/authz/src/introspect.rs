@@ -1,0 +1,157 @@
+//! Token state: whether an access token Mandate issued is still live (signature, expiry,
+//! per-token revocation, and the agent/owner/client "not before" epochs), and RFC 7662
+//! introspection on top of it.
+
+use mandate_core::{AuditEvent, OAuthError};
+use mandate_crypto::{VerifyOptions, verify_jwt};
+use mandate_store::EpochKind;
+use serde_json::{Map, Value, json};
+
+use crate::client_auth::assertion_replayed;
+use crate::token::{ACCESS_TOKEN_TYP, OWNER_CLAIM};
+use crate::{Authz, Caller, conclude, store_failure};
+
+/// A signature-checked, unexpired access token of ours, with the fields revocation needs.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub claims: Value,
+    pub jti: String,
+    pub client_id: String,
+    pub agent: Option<String>,
+    pub owner: Option<String>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Why a token is not active. Introspection answers only `active: false`; the audit log keeps why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inactive {
+    Invalid(String),
+    Revoked,
+    RevokedBySubject,
+}
+
+impl Inactive {
+    fn describe(&self) -> String {
+        match self {
+            Self::Invalid(why) => format!("invalid: {why}"),
+            Self::Revoked => "token was revoked".into(),
+            Self::RevokedBySubject => "agent, owner or client was revoked after issuance".into(),
+        }
+    }
+}
+
+/// Checks signature, type, issuer and expiry; does not consult revocation state.
+pub fn parse_issued(authz: &Authz, token: &str) -> Result<IssuedToken, Inactive> {
+    let keys = authz.keys.published();
+    let opts = VerifyOptions {
+        typ: &[ACCESS_TOKEN_TYP],
+        typ_optional: false,
+        issuer: Some(&authz.config.issuer),
+        audience: &[],
+        now: authz.clock.now_secs(),
+        leeway_secs: 0,
+    };
+    let claims = verify_jwt(token, &keys, &opts).map_err(|e| Inactive::Invalid(e.to_string()))?;
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+    let missing = |name: &str| Inactive::Invalid(format!("claim {name:?} is missing"));
+    let agent_prefix = format!("spiffe://{}/agent/", authz.config.trust_domain);
+    Ok(IssuedToken {
+        jti: text("jti").ok_or_else(|| missing("jti"))?,
+        client_id: text("client_id").ok_or_else(|| missing("client_id"))?,
+        agent: text("sub").and_then(|s| s.strip_prefix(&agent_prefix).map(str::to_owned)),
+        owner: text(OWNER_CLAIM),
+        iat: number("iat").ok_or_else(|| missing("iat"))?,
+        exp: number("exp").ok_or_else(|| missing("exp"))?,
+        claims,
+    })
+}
+
+/// The full liveness check: [`parse_issued`] plus revocation state.
+pub async fn check_active(authz: &Authz, token: &str) -> Result<Result<IssuedToken, Inactive>, OAuthError> {
+    let issued = match parse_issued(authz, token) {
+        Ok(t) => t,
+        Err(inactive) => return Ok(Err(inactive)),
+    };
+    if authz.store.is_token_revoked(&issued.jti).await.map_err(store_failure)? {
+        return Ok(Err(Inactive::Revoked));
+    }
+    let mut subjects = vec![(EpochKind::Client, issued.client_id.as_str())];
+    if let Some(agent) = &issued.agent {
+        subjects.push((EpochKind::Agent, agent));
+    }
+    if let Some(owner) = &issued.owner {
+        subjects.push((EpochKind::Owner, owner));
+    }
+    // Epochs are whole seconds and inclusive: a token issued in the same second as a kill
+    // switch is treated as issued before it.
+    let epoch = authz.store.revoked_before(&subjects).await.map_err(store_failure)?;
+    if epoch.is_some_and(|not_before| issued.iat <= not_before) {
+        return Ok(Err(Inactive::RevokedBySubject));
+    }
+    Ok(Ok(issued))
+}
+
+/// RFC 7662: `{"active": false}` for anything not live or not visible to the caller.
+pub async fn introspect(authz: &Authz, caller: &Caller, token: &str, correlation_id: &str) -> Result<Value, OAuthError> {
+    let mut event = AuditEvent::allow("token.introspect", correlation_id);
+    if let Caller::Client(client) = caller {
+        event.client = Some(client.client.client_id.clone());
+    }
+    let outcome = match check_active(authz, token).await {
+        Err(e) => Err(e),
+        Ok(Err(inactive)) => {
+            event = event.refused("inactive", &inactive.describe());
+            Ok((json!({"active": false}), replay_guard(caller)))
+        }
+        Ok(Ok(issued)) => {
+            describe_token(&mut event, &issued);
+            if may_see(caller, &issued) {
+                Ok((active_response(&issued), replay_guard(caller)))
+            } else {
+                event = event.refused("inactive", "token belongs to another client");
+                Ok((json!({"active": false}), replay_guard(caller)))
+            }
+        }
+    };
+    conclude(authz, event, outcome, |_| assertion_replayed()).await
+}
+
+pub(crate) fn replay_guard(caller: &Caller) -> Option<mandate_store::Mutation> {
+    match caller {
+        Caller::Admin => None,
+        Caller::Client(c) => c.replay_guard.clone(),
+    }
+}
+
+pub(crate) fn describe_token(event: &mut AuditEvent, issued: &IssuedToken) {
+    event.jti = Some(issued.jti.clone());
+    event.owner = issued.owner.clone();
+    event.agent = issued.claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+    event.resource = issued.claims.get("aud").and_then(Value::as_str).map(str::to_owned);
+    event.scope = issued.claims.get("scope").and_then(Value::as_str).map(str::to_owned);
+    if event.client.is_none() {
+        event.client = Some(issued.client_id.clone());
+    }
+}
+
+/// Admins and resource-server clients see every token; other clients only their own.
+fn may_see(caller: &Caller, issued: &IssuedToken) -> bool {
+    match caller {
+        Caller::Admin => true,
+        Caller::Client(c) => c.client.can_introspect || c.client.client_id == issued.client_id,
+    }
+}
+
+fn active_response(issued: &IssuedToken) -> Value {
+    let mut out = Map::new();
+    out.insert("active".into(), Value::Bool(true));
+    out.insert("token_type".into(), Value::String("Bearer".into()));
+    for name in ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", OWNER_CLAIM] {
+        if let Some(v) = issued.claims.get(name) {
+            out.insert(name.into(), v.clone());
+        }
+    }
+    Value::Object(out)
+}

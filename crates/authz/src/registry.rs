@@ -1,0 +1,211 @@
+//! Registry changes: owners, agents, clients and resources. Every attempt, accepted or not, is
+//! an audit event written in the same transaction as the change.
+
+use mandate_core::{
+    Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, ScopeSet,
+};
+use mandate_crypto::{hash_secret, random_token};
+use mandate_store::{Mutation, MutationError};
+
+use crate::client_auth::parse_jwks;
+use crate::{Authz, audit_failure};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(MutationError),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub name: String,
+    pub owner: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub agent: String,
+    pub auth_method: ClientAuthMethod,
+    /// Required for `private_key_jwt`: a JWK Set with the client's public keys.
+    pub jwks: Option<String>,
+    /// Defaults to `<agent>.<random>`.
+    pub client_id: Option<String>,
+    pub can_introspect: bool,
+}
+
+/// A created client; `secret` is shown once and never stored in clear.
+#[derive(Debug, Clone)]
+pub struct CreatedClient {
+    pub client: Client,
+    pub secret: Option<String>,
+}
+
+/// Which registry record a delete names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Owner,
+    Agent,
+    Client,
+    Resource,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Agent => "agent",
+            Self::Client => "client",
+            Self::Resource => "resource",
+        }
+    }
+}
+
+pub async fn create_owner(
+    authz: &Authz,
+    name: &str,
+    display_name: Option<String>,
+    correlation_id: &str,
+) -> Result<Owner, RegistryError> {
+    let mut event = AuditEvent::allow("registry.owner.create", correlation_id);
+    event.owner = Some(name.to_owned());
+    let prepared = Name::parse(name).map_err(invalid).map(|name| {
+        let owner = Owner { name, display_name, created_at_ms: authz.clock.now_ms() };
+        (Mutation::CreateOwner(owner.clone()), owner)
+    });
+    change(authz, event, prepared).await
+}
+
+pub async fn create_agent(authz: &Authz, new: NewAgent, correlation_id: &str) -> Result<Agent, RegistryError> {
+    let mut event = AuditEvent::allow("registry.agent.create", correlation_id);
+    event.owner = Some(new.owner.clone());
+    let prepared = (|| {
+        let name = Name::parse(&new.name).map_err(invalid)?;
+        let owner = Name::parse(&new.owner).map_err(invalid)?;
+        let scopes = ScopeSet::from_tokens(&new.scopes).map_err(invalid)?;
+        let agent = Agent {
+            spiffe_id: authz.config.trust_domain.agent_id(&name),
+            name,
+            owner,
+            scopes: scopes.to_vec(),
+            created_at_ms: authz.clock.now_ms(),
+        };
+        Ok((Mutation::CreateAgent(agent.clone()), agent))
+    })();
+    if let Ok((_, agent)) = &prepared {
+        event.agent = Some(agent.spiffe_id.to_string());
+        event.scope = Some(agent.scopes.join(" "));
+    }
+    change(authz, event, prepared).await
+}
+
+pub async fn create_client(authz: &Authz, new: NewClient, correlation_id: &str) -> Result<CreatedClient, RegistryError> {
+    let mut event = AuditEvent::allow("registry.client.create", correlation_id);
+    let prepared = prepare_client(authz, new);
+    if let Ok((_, created)) = &prepared {
+        event.client = Some(created.client.client_id.clone());
+        event.detail = Some(format!(
+            "agent={} auth_method={}",
+            created.client.agent,
+            created.client.auth_method.as_str()
+        ));
+    }
+    change(authz, event, prepared).await
+}
+
+fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedClient), RegistryError> {
+    let agent = Name::parse(&new.agent).map_err(invalid)?;
+    let client_id = match new.client_id {
+        Some(id) => Name::parse(&id).map_err(invalid)?.to_string(),
+        None => format!("{agent}.{}", &hash_secret(&random_token(""))[..12]),
+    };
+    let (secret, jwks) = match (new.auth_method.uses_secret(), new.jwks) {
+        (true, None) => (Some(random_token("mcs_")), None),
+        (true, Some(_)) => return Err(invalid("a JWKS is only for private_key_jwt clients")),
+        (false, Some(jwks)) => {
+            parse_jwks(&jwks).map_err(invalid)?;
+            (None, Some(jwks))
+        }
+        (false, None) => return Err(invalid("private_key_jwt clients need a JWKS")),
+    };
+    let client = Client {
+        client_id,
+        agent,
+        auth_method: new.auth_method,
+        secret_hash: secret.as_deref().map(hash_secret),
+        jwks,
+        can_introspect: new.can_introspect,
+        created_at_ms: authz.clock.now_ms(),
+    };
+    Ok((Mutation::CreateClient(client.clone()), CreatedClient { client, secret }))
+}
+
+pub async fn create_resource(
+    authz: &Authz,
+    uri: &str,
+    scopes: &[String],
+    correlation_id: &str,
+) -> Result<Resource, RegistryError> {
+    let mut event = AuditEvent::allow("registry.resource.create", correlation_id);
+    event.resource = Some(uri.to_owned());
+    let prepared = (|| {
+        let uri = ResourceUri::parse(uri).map_err(invalid)?;
+        let scopes = ScopeSet::from_tokens(scopes).map_err(invalid)?;
+        if scopes.is_empty() {
+            return Err(invalid("a resource needs at least one scope"));
+        }
+        let resource = Resource { uri, scopes: scopes.to_vec(), created_at_ms: authz.clock.now_ms() };
+        Ok((Mutation::CreateResource(resource.clone()), resource))
+    })();
+    if let Ok((_, r)) = &prepared {
+        event.scope = Some(r.scopes.join(" "));
+    }
+    change(authz, event, prepared).await
+}
+
+/// Deletes a record; refused while others reference it (an owner with agents, an agent with clients).
+pub async fn delete(authz: &Authz, kind: RecordKind, key: &str, correlation_id: &str) -> Result<(), RegistryError> {
+    let mut event = AuditEvent::allow(format!("registry.{}.delete", kind.as_str()), correlation_id);
+    let key = key.to_owned();
+    match kind {
+        RecordKind::Owner => event.owner = Some(key.clone()),
+        RecordKind::Agent => event.agent = Some(authz.config.trust_domain.agent_id_str(&key)),
+        RecordKind::Client => event.client = Some(key.clone()),
+        RecordKind::Resource => event.resource = Some(key.clone()),
+    }
+    let mutation = match kind {
+        RecordKind::Owner => Mutation::DeleteOwner(key),
+        RecordKind::Agent => Mutation::DeleteAgent(key),
+        RecordKind::Client => Mutation::DeleteClient(key),
+        RecordKind::Resource => Mutation::DeleteResource(key),
+    };
+    change(authz, event, Ok((mutation, ()))).await
+}
+
+fn invalid(e: impl ToString) -> RegistryError {
+    RegistryError::Invalid(e.to_string())
+}
+
+/// Applies a prepared change with its event, or logs the refusal of an invalid one.
+async fn change<T>(
+    authz: &Authz,
+    event: AuditEvent,
+    prepared: Result<(Mutation, T), RegistryError>,
+) -> Result<T, RegistryError> {
+    let unavailable = |e| RegistryError::Unavailable(audit_failure(e).description);
+    match prepared {
+        Err(error) => {
+            let event = event.refused("invalid_request", &error.to_string());
+            authz.log.record(event).await.map_err(unavailable)?;
+            Err(error)
+        }
+        Ok((mutation, value)) => match authz.log.apply(mutation, event).await.map_err(unavailable)? {
+            Ok(_) => Ok(value),
+            Err(refused) => Err(RegistryError::Refused(refused)),
+        },
+    }
+}

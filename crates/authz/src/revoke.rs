@@ -1,0 +1,89 @@
+//! Revocation: single tokens (RFC 7009) and the kill switch, which raises an agent's, owner's
+//! or client's "not before" epoch so everything issued to them until now is dead at once.
+
+use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode};
+use mandate_store::{EpochKind, Mutation};
+
+use crate::client_auth::assertion_replayed;
+use crate::introspect::{describe_token, parse_issued, replay_guard};
+use crate::{Authz, Caller, audit_failure, conclude, store_failure};
+
+/// RFC 7009: always 200 for tokens that are unknown, invalid or not the caller's (nothing is
+/// revoked then, and the audit log says why); revokes the caller's own (or, for admins, any) token.
+pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlation_id: &str) -> Result<(), OAuthError> {
+    let mut event = AuditEvent::allow("token.revoke", correlation_id);
+    if let Caller::Client(client) = caller {
+        event.client = Some(client.client.client_id.clone());
+    }
+    let mutation = match parse_issued(authz, token) {
+        Err(inactive) => {
+            event = event.refused("ignored", &format!("not a live token of this issuer: {inactive:?}"));
+            None
+        }
+        Ok(issued) => {
+            describe_token(&mut event, &issued);
+            let own = match caller {
+                Caller::Admin => true,
+                Caller::Client(c) => c.client.client_id == issued.client_id,
+            };
+            if own {
+                Some(Mutation::RevokeToken { jti: issued.jti, expires_at_secs: issued.exp })
+            } else {
+                event = event.refused("ignored", "token belongs to another client");
+                None
+            }
+        }
+    };
+    let mutation = match (mutation, replay_guard(caller)) {
+        (Some(revocation), Some(guard)) => {
+            // Burn the assertion first, on its own: a replayed assertion must revoke nothing.
+            let burn = AuditEvent::allow("client.assertion.use", correlation_id);
+            if authz.log.apply(guard, burn).await.map_err(audit_failure)?.is_err() {
+                return Err(assertion_replayed());
+            }
+            Some(revocation)
+        }
+        (revocation, guard) => revocation.or(guard),
+    };
+    conclude(authz, event, Ok(((), mutation)), |_| assertion_replayed()).await
+}
+
+/// The kill switch. Refuses unknown subjects (so a typo is not mistaken for a revocation).
+pub async fn revoke_subject(
+    authz: &Authz,
+    kind: EpochKind,
+    name: &str,
+    correlation_id: &str,
+) -> Result<i64, OAuthError> {
+    let mut event = AuditEvent::allow(format!("revoke.{}", kind.as_str()), correlation_id);
+    let exists = match kind {
+        EpochKind::Agent => {
+            let agent = authz.store.agent(name).await.map_err(store_failure)?;
+            if let Some(a) = &agent {
+                event.agent = Some(a.spiffe_id.to_string());
+                event.owner = Some(a.owner.to_string());
+            }
+            agent.is_some()
+        }
+        EpochKind::Owner => {
+            event.owner = Some(name.to_owned());
+            authz.store.owner(name).await.map_err(store_failure)?.is_some()
+        }
+        EpochKind::Client => {
+            event.client = Some(name.to_owned());
+            authz.store.client(name).await.map_err(store_failure)?.is_some()
+        }
+    };
+    let now = authz.clock.now_secs();
+    let outcome = if exists {
+        event.detail = Some(format!("tokens issued at or before {now} are revoked"));
+        let mutation = Mutation::RevokeBefore { kind, name: name.to_owned(), not_before_secs: now };
+        Ok((now, Some(mutation)))
+    } else {
+        Err(OAuthError::new(
+            OAuthErrorCode::InvalidRequest,
+            format!("no {} named {name:?}", kind.as_str()),
+        ))
+    };
+    conclude(authz, event, outcome, |e| OAuthError::server_error(e.to_string())).await
+}

@@ -1,0 +1,333 @@
+//! Operator commands on a data directory. Each goes through the same `authz` functions as the
+//! admin API, so every change is validated and audited the same way.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use mandate_authz::Authz;
+use mandate_authz::registry::{self, NewAgent, NewClient, RecordKind};
+use mandate_core::{ClientAuthMethod, OAuthError};
+use mandate_crypto::Alg;
+use mandate_store::EpochKind;
+use serde::Serialize;
+use serde_json::json;
+
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    fn show<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+        let text = if self.json { serde_json::to_string_pretty(value)? } else { human() };
+        println!("{text}");
+        Ok(())
+    }
+}
+
+fn correlation() -> String {
+    format!("cli-{}", uuid::Uuid::now_v7())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OwnerCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Register an agent; it gets the SPIFFE ID spiffe://<trust-domain>/agent/<name>.
+    Create {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        /// The most this agent may be granted (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Register an OAuth client for an agent; a secret is printed once.
+    Create {
+        #[arg(long)]
+        agent: String,
+        /// client_secret_basic (default), client_secret_post or private_key_jwt.
+        #[arg(long, default_value = "client_secret_basic")]
+        auth: String,
+        /// JWK Set file with the client's public keys (private_key_jwt).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// client_id to use (default: <agent>.<random>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Allow this client (a resource server) to introspect other clients' tokens.
+        #[arg(long)]
+        introspect: bool,
+    },
+    List,
+    Delete {
+        client_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResourceCmd {
+    Create {
+        uri: String,
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    List,
+    Delete {
+        uri: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    owner: Option<String>,
+    #[arg(long)]
+    client: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Publish a new token-signing key now; it signs after the publish lead time.
+    Rotate {
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// Seconds until the new key signs (default: key_publish_lead_secs).
+        #[arg(long)]
+        activate_in: Option<i64>,
+    },
+    /// The published JWK Set.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Write the whole log as JSONL, ending with a fresh signed checkpoint.
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an export offline against the log's verifier key.
+    Verify(VerifyArgs),
+    /// Print the log's verifier key (C2SP vkey).
+    Key,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    file: PathBuf,
+    /// The verifier key string, or a file containing it.
+    #[arg(long)]
+    key: String,
+}
+
+fn oauth(e: OAuthError) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.code.as_str(), e.description)
+}
+
+pub async fn owner(authz: &Authz, cmd: OwnerCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        OwnerCmd::Create { name, display_name } => {
+            let owner = registry::create_owner(authz, &name, display_name, &correlation()).await?;
+            out.show(&owner, || format!("owner {} created", owner.name))
+        }
+        OwnerCmd::List => {
+            let owners = authz.store.owners().await?;
+            out.show(&owners, || owners.iter().map(|o| o.name.to_string()).collect::<Vec<_>>().join("\n"))
+        }
+        OwnerCmd::Delete { name } => delete(authz, RecordKind::Owner, &name, out).await,
+    }
+}
+
+pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        AgentCmd::Create { name, owner, scopes } => {
+            let agent = registry::create_agent(authz, NewAgent { name, owner, scopes }, &correlation()).await?;
+            out.show(&agent, || format!("agent {} created: {} (owner {})", agent.name, agent.spiffe_id, agent.owner))
+        }
+        AgentCmd::List => {
+            let agents = authz.store.agents().await?;
+            out.show(&agents, || {
+                agents
+                    .iter()
+                    .map(|a| format!("{}\t{}\towner={}\tscopes={}", a.name, a.spiffe_id, a.owner, a.scopes.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        AgentCmd::Delete { name } => delete(authz, RecordKind::Agent, &name, out).await,
+    }
+}
+
+pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        ClientCmd::Create { agent, auth, jwks, id, introspect } => {
+            let auth_method = ClientAuthMethod::parse(&auth)
+                .with_context(|| format!("--auth {auth:?}: use client_secret_basic, client_secret_post or private_key_jwt"))?;
+            let jwks = match jwks {
+                Some(path) => Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?),
+                None => None,
+            };
+            let new = NewClient { agent, auth_method, jwks, client_id: id, can_introspect: introspect };
+            let made = registry::create_client(authz, new, &correlation()).await?;
+            let shown = json!({
+                "client_id": made.client.client_id,
+                "client_secret": made.secret,
+                "token_endpoint_auth_method": made.client.auth_method.as_str(),
+                "agent": made.client.agent,
+            });
+            out.show(&shown, || match &made.secret {
+                Some(secret) => format!(
+                    "client_id:     {}\nclient_secret: {secret}\n(the secret is shown only now)",
+                    made.client.client_id
+                ),
+                None => format!("client_id: {}", made.client.client_id),
+            })
+        }
+        ClientCmd::List => {
+            let clients = authz.store.clients().await?;
+            out.show(&clients, || {
+                clients
+                    .iter()
+                    .map(|c| format!("{}\tagent={}\t{}", c.client_id, c.agent, c.auth_method.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        ClientCmd::Delete { client_id } => delete(authz, RecordKind::Client, &client_id, out).await,
+    }
+}
+
+pub async fn resource(authz: &Authz, cmd: ResourceCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        ResourceCmd::Create { uri, scopes } => {
+            let resource = registry::create_resource(authz, &uri, &scopes, &correlation()).await?;
+            out.show(&resource, || format!("resource {} created (scopes: {})", resource.uri, resource.scopes.join(" ")))
+        }
+        ResourceCmd::List => {
+            let resources = authz.store.resources().await?;
+            out.show(&resources, || {
+                resources
+                    .iter()
+                    .map(|r| format!("{}\tscopes={}", r.uri, r.scopes.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        ResourceCmd::Delete { uri } => delete(authz, RecordKind::Resource, &uri, out).await,
+    }
+}
+
+async fn delete(authz: &Authz, kind: RecordKind, key: &str, out: &Output) -> anyhow::Result<()> {
+    registry::delete(authz, kind, key, &correlation()).await?;
+    out.show(&json!({"deleted": kind.as_str(), "name": key}), || format!("{} {key} deleted", kind.as_str()))
+}
+
+pub async fn revoke(authz: &Authz, args: RevokeArgs, out: &Output) -> anyhow::Result<()> {
+    let (kind, name) = match (args.agent, args.owner, args.client) {
+        (Some(a), _, _) => (EpochKind::Agent, a),
+        (_, Some(o), _) => (EpochKind::Owner, o),
+        (_, _, Some(c)) => (EpochKind::Client, c),
+        _ => bail!("name one of --agent, --owner, --client"),
+    };
+    let not_before = mandate_authz::revoke::revoke_subject(authz, kind, &name, &correlation())
+        .await
+        .map_err(oauth)?;
+    out.show(&json!({ kind.as_str(): name, "revoked_before": not_before }), || {
+        format!("every token issued to {} {name} until now (epoch {not_before}) is revoked", kind.as_str())
+    })
+}
+
+pub async fn keys(authz: &Authz, cmd: KeysCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Rotate { alg, activate_in } => {
+            let alg = Alg::parse(&alg).with_context(|| format!("--alg {alg:?}: use EdDSA or ES256"))?;
+            let lead = activate_in.unwrap_or(authz.config.key_publish_lead_secs).max(0);
+            let kid = authz
+                .keys
+                .rotate(&authz.log, alg, lead * 1000, authz.clock.now_ms(), &correlation())
+                .await?;
+            out.show(&json!({"kid": kid, "alg": alg.as_str(), "activates_in_secs": lead}), || {
+                format!("new {} key {kid} is published now and signs in {lead} s", alg.as_str())
+            })
+        }
+        KeysCmd::List => {
+            let jwks = authz.keys.jwks();
+            out.show(jwks.as_ref(), || serde_json::to_string_pretty(jwks.as_ref()).unwrap_or_default())
+        }
+    }
+}
+
+pub async fn audit(authz: &Authz, cmd: AuditCmd, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Export { out: path } => {
+            let mut writer: Box<dyn Write + Send> = match &path {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            };
+            let entries = mandate_audit::export(&authz.log, writer.as_mut()).await?;
+            writer.flush()?;
+            if let Some(p) = path {
+                eprintln!("exported {entries} entries to {}", p.display());
+            }
+            Ok(())
+        }
+        AuditCmd::Key => {
+            let key = authz.log.signer().verifier_key();
+            out.show(&json!({ "verifier_key": key }), || key.clone())
+        }
+        AuditCmd::Verify(_) => bail!("verify runs without a data directory"),
+    }
+}
+
+/// Offline verification: needs only the export and the verifier key.
+pub fn verify_audit(args: &VerifyArgs, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let key_text = if std::path::Path::new(&args.key).is_file() {
+        std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key))?
+    } else {
+        args.key.clone()
+    };
+    let key = mandate_audit_verify::VerifierKey::from_str(key_text.trim()).context("invalid verifier key")?;
+    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let result = mandate_audit_verify::verify_export(std::io::BufReader::new(file), &key);
+    let (ok, message, value) = match &result {
+        Ok(report) => (
+            true,
+            format!("OK: {} entries, {} checkpoints verified", report.entries, report.checkpoints),
+            json!({"ok": true, "entries": report.entries, "checkpoints": report.checkpoints, "root": hex::encode(report.root)}),
+        ),
+        Err(e) => (false, format!("FAIL: {e}"), json!({"ok": false, "error": e.to_string(), "line": e.line, "seq": e.seq})),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{message}");
+    }
+    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}

@@ -1,0 +1,160 @@
+//! Settings: built-in defaults, overridden by a TOML file, then `MANDATE_*` environment
+//! variables, then command-line flags. Unknown keys in the file or unknown `MANDATE_*`
+//! variables are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Longest access-token lifetime an operator may configure.
+pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 3600;
+const MIN_ACCESS_TOKEN_TTL_SECS: i64 = 30;
+
+/// Environment variables that are not config keys but are still ours.
+const OTHER_ENV: &[&str] = &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES"];
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the SQLite database, the key-encryption key and the admin credential live.
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    /// Public issuer URL; defaults to `http://<listen address>`.
+    pub issuer: Option<String>,
+    /// `postgres://…` for PostgreSQL; SQLite in the data directory when unset.
+    pub database: Option<String>,
+    pub trust_domain: Option<String>,
+    pub access_token_ttl_secs: Option<i64>,
+    /// `EdDSA` (default) or `ES256`.
+    pub access_token_alg: Option<String>,
+    /// How long a rotated-in key is published before it signs.
+    pub key_publish_lead_secs: Option<i64>,
+    pub audit_checkpoint_events: Option<u64>,
+    pub audit_checkpoint_ms: Option<u64>,
+    /// Log filter, e.g. `info` or `mandate=debug`.
+    pub log: Option<String>,
+}
+
+impl Settings {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).context("invalid config file")
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Reads `MANDATE_<KEY>` variables from `vars` (the process environment in production, a
+    /// map in tests).
+    pub fn from_env<I>(vars: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut table = toml::Table::new();
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix("MANDATE_") else {
+                continue;
+            };
+            if OTHER_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            let typed = match key.as_str() {
+                "access_token_ttl_secs" | "key_publish_lead_secs" | "audit_checkpoint_events" | "audit_checkpoint_ms" => {
+                    toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
+                }
+                _ => toml::Value::String(value),
+            };
+            table.insert(key, typed);
+        }
+        table
+            .try_into()
+            .context("unknown or invalid MANDATE_* environment variable")
+    }
+
+    /// `other`'s values win where set.
+    pub fn overlay(self, other: Self) -> Self {
+        Self {
+            data_dir: other.data_dir.or(self.data_dir),
+            listen: other.listen.or(self.listen),
+            issuer: other.issuer.or(self.issuer),
+            database: other.database.or(self.database),
+            trust_domain: other.trust_domain.or(self.trust_domain),
+            access_token_ttl_secs: other.access_token_ttl_secs.or(self.access_token_ttl_secs),
+            access_token_alg: other.access_token_alg.or(self.access_token_alg),
+            key_publish_lead_secs: other.key_publish_lead_secs.or(self.key_publish_lead_secs),
+            audit_checkpoint_events: other.audit_checkpoint_events.or(self.audit_checkpoint_events),
+            audit_checkpoint_ms: other.audit_checkpoint_ms.or(self.audit_checkpoint_ms),
+            log: other.log.or(self.log),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("mandate-data"))
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("mandate.db").to_string_lossy().into_owned())
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain.as_deref().unwrap_or("mandate.local")
+    }
+
+    pub fn access_token_ttl_secs(&self) -> anyhow::Result<i64> {
+        let ttl = self.access_token_ttl_secs.unwrap_or(300);
+        if !(MIN_ACCESS_TOKEN_TTL_SECS..=MAX_ACCESS_TOKEN_TTL_SECS).contains(&ttl) {
+            bail!("access_token_ttl_secs must be between {MIN_ACCESS_TOKEN_TTL_SECS} and {MAX_ACCESS_TOKEN_TTL_SECS}");
+        }
+        Ok(ttl)
+    }
+
+    pub fn key_publish_lead_secs(&self) -> anyhow::Result<i64> {
+        let lead = self.key_publish_lead_secs.unwrap_or(120);
+        if lead < 0 {
+            bail!("key_publish_lead_secs must not be negative");
+        }
+        Ok(lead)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let file = Settings::from_toml("listen = \"127.0.0.1:9000\"\ntrust_domain = \"file.example\"\naccess_token_ttl_secs = 600").unwrap();
+        let from_env = Settings::from_env(env(&[("MANDATE_TRUST_DOMAIN", "env.example"), ("PATH", "/bin")])).unwrap();
+        let flags = Settings { listen: Some("127.0.0.1:7000".parse().unwrap()), ..Settings::default() };
+        let merged = Settings::default().overlay(file).overlay(from_env).overlay(flags);
+        assert_eq!(merged.listen(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(merged.trust_domain(), "env.example");
+        assert_eq!(merged.access_token_ttl_secs().unwrap(), 600);
+        assert_eq!(Settings::default().access_token_ttl_secs().unwrap(), 300);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Settings::from_toml("listne = \"127.0.0.1:1\"").is_err());
+        assert!(Settings::from_env(env(&[("MANDATE_LISTNE", "x")])).is_err());
+        assert!(Settings::from_env(env(&[("MANDATE_ACCESS_TOKEN_TTL_SECS", "soon")])).is_err());
+        assert!(Settings::from_env(env(&[("MANDATE_KEK", "x"), ("MANDATE_CONFIG", "y")])).is_ok());
+        let too_long = Settings { access_token_ttl_secs: Some(86_400), ..Settings::default() };
+        assert!(too_long.access_token_ttl_secs().is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! `mandate serve`: bind, open the data directory, start background upkeep, serve until
+//! SIGINT/SIGTERM, then sign a final audit checkpoint.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use mandate_authz::Authz;
+use mandate_server::{AppState, router};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::setup;
+
+const KEY_REFRESH: Duration = Duration::from_secs(5);
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.listen())
+        .await
+        .with_context(|| format!("binding {}", settings.listen()))?;
+    let bound = listener.local_addr()?;
+    let issuer = settings.issuer.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let authz = setup::open(&settings, issuer).await?;
+    let data_dir = settings.data_dir();
+    let (admin_hash, created) = setup::ensure_admin_credential(&authz, &data_dir).await?;
+
+    println!("Mandate {} listening on {bound}", env!("CARGO_PKG_VERSION"));
+    println!("  issuer:      {}", authz.config.issuer);
+    println!("  data dir:    {}", data_dir.display());
+    println!("  database:    {}", setup::redact_url(&settings.database_url()));
+    let credential_path = data_dir.join("admin-token");
+    match created {
+        Some(_) => println!("  admin token: created in {} (shown nowhere else)", credential_path.display()),
+        None => println!("  admin token: {}", credential_path.display()),
+    }
+    println!("  audit key:   {}", authz.log.signer().verifier_key());
+
+    let upkeep = tokio::spawn(upkeep(authz.clone()));
+    let state = AppState { authz: authz.clone(), admin_token_hash: admin_hash.into() };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    upkeep.abort();
+    authz.log.checkpoint().await.context("final audit checkpoint")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Picks up keys rotated by other processes and drops expired revocation/replay entries.
+async fn upkeep(authz: Authz) {
+    let mut refresh = tokio::time::interval(KEY_REFRESH);
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = refresh.tick() => {
+                if let Err(e) = authz.keys.refresh(authz.store.as_ref(), authz.clock.now_ms()).await {
+                    tracing::warn!(error = %e, "key refresh failed");
+                }
+            }
+            _ = purge.tick() => {
+                if let Err(e) = authz.store.purge_expired(authz.clock.now_secs()).await {
+                    tracing::warn!(error = %e, "purging expired entries failed");
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

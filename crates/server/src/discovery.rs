@@ -1,0 +1,62 @@
+//! Discovery documents: RFC 8414 authorization server metadata, the OpenID Connect discovery
+//! variant, and the JWK Set of every key that may have signed a live token.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+const SIGNING_ALGS: [&str; 2] = ["EdDSA", "ES256"];
+const CLIENT_AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
+
+fn metadata(state: &AppState) -> Value {
+    let issuer = &state.authz.config.issuer;
+    json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "access_token_signing_alg_values_supported": [state.authz.config.access_token_alg.as_str()],
+    })
+}
+
+pub(crate) async fn authorization_server(State(state): State<AppState>) -> Response {
+    cacheable(Json(metadata(&state)).into_response(), 300)
+}
+
+pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Response {
+    let mut doc = metadata(&state);
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("subject_types_supported".into(), json!(["public"]));
+        obj.insert("id_token_signing_alg_values_supported".into(), json!(SIGNING_ALGS));
+    }
+    cacheable(Json(doc).into_response(), 300)
+}
+
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
+    let body = state.authz.keys.jwks();
+    let mut response = cacheable(Json(body.as_ref()).into_response(), 60);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+    response
+}
+
+fn cacheable(mut response: Response, max_age_secs: u32) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={max_age_secs}")) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}

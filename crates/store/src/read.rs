@@ -1,0 +1,181 @@
+//! The read half both backends share: the SQL they run and the decoders that rebuild records
+//! from rows through the validated constructors, so a row that no longer validates is reported
+//! as corrupt the same way by either backend.
+//!
+//! The SQL is written in the subset both dialects accept. Placeholders are `$1`, `$2`, … in
+//! order of first appearance: PostgreSQL binds them by number, SQLite numbers `$NAME`
+//! parameters in the order they appear, and the two agree only while that order holds.
+
+use mandate_core::{
+    Agent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, SpiffeId, TrustDomain,
+};
+
+use crate::types::*;
+use crate::{Result, StoreError};
+
+/// Typed access to one result row, whichever driver produced it.
+pub(crate) trait Columns {
+    fn text(&self, idx: usize) -> Result<String>;
+    fn opt_text(&self, idx: usize) -> Result<Option<String>>;
+    fn int(&self, idx: usize) -> Result<i64>;
+    fn opt_int(&self, idx: usize) -> Result<Option<i64>>;
+    fn boolean(&self, idx: usize) -> Result<bool>;
+    fn bytes(&self, idx: usize) -> Result<Vec<u8>>;
+}
+
+/// Turns a row into a record.
+pub(crate) type Decode<T> = fn(&dyn Columns) -> Result<T>;
+
+macro_rules! select {
+    (owners $tail:literal) => {
+        concat!(
+            "SELECT name, display_name, created_at_ms FROM owners ",
+            $tail
+        )
+    };
+    (agents $tail:literal) => {
+        concat!(
+            "SELECT name, owner, spiffe_id, scopes, created_at_ms FROM agents ",
+            $tail
+        )
+    };
+    (clients $tail:literal) => {
+        concat!(
+            "SELECT client_id, agent, auth_method, secret_hash, jwks, can_introspect, \
+             created_at_ms FROM clients ",
+            $tail
+        )
+    };
+    (resources $tail:literal) => {
+        concat!("SELECT uri, scopes, created_at_ms FROM resources ", $tail)
+    };
+    (checkpoints $tail:literal) => {
+        concat!(
+            "SELECT tree_size, root, note, frontier, created_at_ms FROM audit_checkpoints ",
+            $tail
+        )
+    };
+}
+
+pub(crate) const OWNER: &str = select!(owners "WHERE name = $1");
+pub(crate) const OWNERS: &str = select!(owners "ORDER BY name");
+pub(crate) const AGENT: &str = select!(agents "WHERE name = $1");
+pub(crate) const AGENTS: &str = select!(agents "ORDER BY name");
+pub(crate) const CLIENT: &str = select!(clients "WHERE client_id = $1");
+pub(crate) const CLIENTS: &str = select!(clients "ORDER BY client_id");
+pub(crate) const RESOURCE: &str = select!(resources "WHERE uri = $1");
+pub(crate) const RESOURCES: &str = select!(resources "ORDER BY uri");
+pub(crate) const EPOCH: &str =
+    "SELECT not_before FROM revocation_epochs WHERE kind = $1 AND name = $2";
+pub(crate) const TOKEN_REVOKED: &str = "SELECT 1 FROM revoked_tokens WHERE jti = $1";
+pub(crate) const SIGNING_KEYS: &str = "SELECT kid, purpose, alg, sealed, created_at_ms, \
+    activate_at_ms, retire_at_ms FROM signing_keys ORDER BY activate_at_ms, kid";
+pub(crate) const SETTING: &str = "SELECT value FROM settings WHERE key = $1";
+pub(crate) const AUDIT_LEN: &str = "SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log";
+pub(crate) const AUDIT_ENTRIES: &str =
+    "SELECT seq, leaf_hash, event FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq";
+pub(crate) const LATEST_CHECKPOINT: &str = select!(checkpoints "ORDER BY tree_size DESC LIMIT 1");
+pub(crate) const CHECKPOINTS: &str = select!(checkpoints "ORDER BY tree_size");
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn name(row: &dyn Columns, idx: usize) -> Result<Name> {
+    Name::parse(&row.text(idx)?).map_err(corrupt)
+}
+
+fn hash(row: &dyn Columns, idx: usize, what: &str) -> Result<[u8; 32]> {
+    hash_from_slice(&row.bytes(idx)?).ok_or_else(|| corrupt(format!("{what} is not 32 bytes")))
+}
+
+pub(crate) fn owner(row: &dyn Columns) -> Result<Owner> {
+    Ok(Owner {
+        name: name(row, 0)?,
+        display_name: row.opt_text(1)?,
+        created_at_ms: row.int(2)?,
+    })
+}
+
+pub(crate) fn agent(row: &dyn Columns) -> Result<Agent> {
+    let agent_name = name(row, 0)?;
+    let spiffe_id = spiffe_id_for(&row.text(2)?, &agent_name).map_err(corrupt)?;
+    Ok(Agent {
+        name: agent_name,
+        owner: name(row, 1)?,
+        spiffe_id,
+        scopes: scopes_from_text(&row.text(3)?),
+        created_at_ms: row.int(4)?,
+    })
+}
+
+/// Rebuilds a stored agent SPIFFE ID through the validated constructor.
+pub(crate) fn spiffe_id_for(stored: &str, agent: &Name) -> std::result::Result<SpiffeId, String> {
+    let trust_domain = stored
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_suffix(&format!("/agent/{agent}")))
+        .ok_or_else(|| format!("stored SPIFFE ID {stored:?} does not belong to agent {agent}"))?;
+    let td = TrustDomain::parse(trust_domain).map_err(|e| e.to_string())?;
+    Ok(td.agent_id(agent))
+}
+
+pub(crate) fn client(row: &dyn Columns) -> Result<Client> {
+    let method = row.text(2)?;
+    Ok(Client {
+        client_id: row.text(0)?,
+        agent: name(row, 1)?,
+        auth_method: ClientAuthMethod::parse(&method)
+            .ok_or_else(|| corrupt(format!("auth method {method}")))?,
+        secret_hash: row.opt_text(3)?,
+        jwks: row.opt_text(4)?,
+        can_introspect: row.boolean(5)?,
+        created_at_ms: row.int(6)?,
+    })
+}
+
+pub(crate) fn resource(row: &dyn Columns) -> Result<Resource> {
+    Ok(Resource {
+        uri: ResourceUri::parse(&row.text(0)?).map_err(corrupt)?,
+        scopes: scopes_from_text(&row.text(1)?),
+        created_at_ms: row.int(2)?,
+    })
+}
+
+pub(crate) fn key(row: &dyn Columns) -> Result<StoredKey> {
+    Ok(StoredKey {
+        kid: row.text(0)?,
+        purpose: row.text(1)?,
+        alg: row.text(2)?,
+        sealed_private_key: row.bytes(3)?,
+        created_at_ms: row.int(4)?,
+        activate_at_ms: row.int(5)?,
+        retire_at_ms: row.opt_int(6)?,
+    })
+}
+
+pub(crate) fn checkpoint(row: &dyn Columns) -> Result<StoredCheckpoint> {
+    Ok(StoredCheckpoint {
+        tree_size: to_u64(row.int(0)?)?,
+        root: hash(row, 1, "checkpoint root")?,
+        note: row.text(2)?,
+        frontier: frontier_from_text(&row.text(3)?)
+            .ok_or_else(|| corrupt("checkpoint frontier"))?,
+        created_at_ms: row.int(4)?,
+    })
+}
+
+pub(crate) fn entry(row: &dyn Columns) -> Result<StoredEntry> {
+    Ok(StoredEntry {
+        seq: to_u64(row.int(0)?)?,
+        leaf_hash: hash(row, 1, "leaf hash")?,
+        canonical: row.text(2)?,
+    })
+}
+
+pub(crate) fn text(row: &dyn Columns) -> Result<String> {
+    row.text(0)
+}
+
+pub(crate) fn int(row: &dyn Columns) -> Result<i64> {
+    row.int(0)
+}

@@ -1,0 +1,285 @@
+//! The write half both backends share: each [`Mutation`] as one SQL statement (in the dialect
+//! subset described in [`crate::read`]), how that statement's result becomes the job's result,
+//! and the hash chain that places each job's event in the log. A backend only runs the
+//! statements, in a savepoint per mutation, and says which constraint a failure violated.
+
+use mandate_core::AuditEvent;
+
+use crate::read::Columns;
+use crate::types::*;
+use crate::{EntryEncoder, Result, StoreError};
+
+/// The last entry of the log, which the next one links to.
+pub(crate) const HEAD: &str = "SELECT seq, leaf_hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+pub(crate) const APPEND: &str = "INSERT INTO audit_log (seq, leaf_hash, event) VALUES ($1, $2, $3)";
+
+/// Writes outside [`Store::commit`](crate::Store::commit), which leave the log alone.
+pub(crate) const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints \
+    (tree_size, root, note, frontier, created_at_ms) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (tree_size) DO NOTHING";
+pub(crate) const PURGE_REVOKED: &str = "DELETE FROM revoked_tokens WHERE expires_at < $1";
+pub(crate) const PURGE_USED_ONCE: &str = "DELETE FROM used_once WHERE expires_at < $1";
+
+/// A statement parameter; each backend binds it with its own driver's types.
+pub(crate) enum Value<'a> {
+    Text(&'a str),
+    OwnedText(String),
+    OptText(&'a Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+    Bool(bool),
+    Bytes(&'a [u8]),
+}
+
+/// The constraint a refused statement violated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    Unique,
+    ForeignKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Changing no row is fine: the statement's `ON CONFLICT` clause chose to leave it.
+    Insert,
+    /// Changing no row means the record was not there.
+    Delete,
+    Update,
+}
+
+/// One mutation as a statement, and what to call its record in a refusal.
+pub(crate) struct Step<'a> {
+    pub sql: &'static str,
+    pub params: Vec<Value<'a>>,
+    kind: Kind,
+    what: String,
+}
+
+impl<'a> Step<'a> {
+    pub fn of(mutation: &'a Mutation) -> Self {
+        use Value::*;
+        match mutation {
+            Mutation::CreateOwner(o) => Self::insert(
+                "INSERT INTO owners (name, display_name, created_at_ms) VALUES ($1, $2, $3)",
+                format!("owner {}", o.name),
+                vec![
+                    Text(o.name.as_str()),
+                    OptText(&o.display_name),
+                    Int(o.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteOwner(n) => Self::delete(
+                "DELETE FROM owners WHERE name = $1",
+                format!("owner {n}"),
+                n,
+            ),
+            Mutation::CreateAgent(a) => Self::insert(
+                "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                format!("agent {}", a.name),
+                vec![
+                    Text(a.name.as_str()),
+                    Text(a.owner.as_str()),
+                    Text(a.spiffe_id.as_str()),
+                    OwnedText(scopes_to_text(&a.scopes)),
+                    Int(a.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteAgent(n) => Self::delete(
+                "DELETE FROM agents WHERE name = $1",
+                format!("agent {n}"),
+                n,
+            ),
+            Mutation::CreateClient(c) => Self::insert(
+                "INSERT INTO clients \
+                 (client_id, agent, auth_method, secret_hash, jwks, can_introspect, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                format!("client {}", c.client_id),
+                vec![
+                    Text(&c.client_id),
+                    Text(c.agent.as_str()),
+                    Text(c.auth_method.as_str()),
+                    OptText(&c.secret_hash),
+                    OptText(&c.jwks),
+                    Bool(c.can_introspect),
+                    Int(c.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteClient(id) => Self::delete(
+                "DELETE FROM clients WHERE client_id = $1",
+                format!("client {id}"),
+                id,
+            ),
+            Mutation::CreateResource(r) => Self::insert(
+                "INSERT INTO resources (uri, scopes, created_at_ms) VALUES ($1, $2, $3)",
+                format!("resource {}", r.uri),
+                vec![
+                    Text(r.uri.as_str()),
+                    OwnedText(scopes_to_text(&r.scopes)),
+                    Int(r.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteResource(u) => Self::delete(
+                "DELETE FROM resources WHERE uri = $1",
+                format!("resource {u}"),
+                u,
+            ),
+            // Raises the epoch only: a lower one leaves the row as it is.
+            Mutation::RevokeBefore {
+                kind,
+                name,
+                not_before_secs,
+            } => Self::insert(
+                "INSERT INTO revocation_epochs (kind, name, not_before) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kind, name) DO UPDATE SET not_before = excluded.not_before \
+                 WHERE excluded.not_before > revocation_epochs.not_before",
+                "revocation epoch".into(),
+                vec![Text(kind.as_str()), Text(name), Int(*not_before_secs)],
+            ),
+            Mutation::RevokeToken {
+                jti,
+                expires_at_secs,
+            } => Self::insert(
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (jti) DO NOTHING",
+                "revoked token".into(),
+                vec![Text(jti), Int(*expires_at_secs)],
+            ),
+            Mutation::ConsumeOnce {
+                id,
+                expires_at_secs,
+            } => Self::insert(
+                "INSERT INTO used_once (id, expires_at) VALUES ($1, $2)",
+                "one-time identifier was already used".into(),
+                vec![Text(id), Int(*expires_at_secs)],
+            ),
+            Mutation::InsertKey(k) => Self::insert(
+                "INSERT INTO signing_keys \
+                 (kid, purpose, alg, sealed, created_at_ms, activate_at_ms, retire_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                format!("key {}", k.kid),
+                vec![
+                    Text(&k.kid),
+                    Text(&k.purpose),
+                    Text(&k.alg),
+                    Bytes(&k.sealed_private_key),
+                    Int(k.created_at_ms),
+                    Int(k.activate_at_ms),
+                    OptInt(k.retire_at_ms),
+                ],
+            ),
+            Mutation::RetireKey { kid, retire_at_ms } => Self {
+                sql: "UPDATE signing_keys SET retire_at_ms = $1 WHERE kid = $2",
+                params: vec![Int(*retire_at_ms), Text(kid)],
+                kind: Kind::Update,
+                what: format!("key {kid}"),
+            },
+            Mutation::PutSetting { key, value } => Self::insert(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "setting".into(),
+                vec![Text(key), Text(value)],
+            ),
+        }
+    }
+
+    fn insert(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
+        Self {
+            sql,
+            params,
+            kind: Kind::Insert,
+            what,
+        }
+    }
+
+    fn delete(sql: &'static str, what: String, key: &'a str) -> Self {
+        Self {
+            sql,
+            params: vec![Value::Text(key)],
+            kind: Kind::Delete,
+            what,
+        }
+    }
+
+    /// The job's result once its statement ran: whether it changed any row, or the error it
+    /// failed with. A violated constraint is a refusal; any other error is returned as the
+    /// backend's own failure.
+    pub fn outcome<E>(
+        &self,
+        ran: std::result::Result<bool, E>,
+        violation: fn(&E) -> Option<Violation>,
+    ) -> std::result::Result<std::result::Result<(), MutationError>, E> {
+        match ran {
+            Ok(changed_any) => Ok(self.changed(changed_any)),
+            Err(e) => match violation(&e) {
+                Some(v) => Ok(Err(self.violated(v))),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn changed(&self, any_row: bool) -> std::result::Result<(), MutationError> {
+        match self.kind {
+            Kind::Delete | Kind::Update if !any_row => {
+                Err(MutationError::NotFound(self.what.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn violated(&self, violation: Violation) -> MutationError {
+        match (violation, self.kind) {
+            (Violation::Unique, _) => MutationError::Conflict(self.what.clone()),
+            (Violation::ForeignKey, Kind::Delete) => MutationError::InUse(self.what.clone()),
+            (Violation::ForeignKey, _) => {
+                MutationError::NotFound(format!("{}: referenced record does not exist", self.what))
+            }
+        }
+    }
+}
+
+/// Where the next entry goes: its sequence number and the leaf hash it links to. The default
+/// starts an empty log.
+#[derive(Default)]
+pub(crate) struct Chain {
+    next_seq: u64,
+    prev: [u8; 32],
+}
+
+impl Chain {
+    /// Continues the log after its [`HEAD`] row.
+    pub fn after(head: &dyn Columns) -> Result<Self> {
+        Ok(Self {
+            next_seq: to_u64(head.int(0)?)? + 1,
+            prev: hash_from_slice(&head.bytes(1)?)
+                .ok_or_else(|| StoreError::AuditChain("head hash is not 32 bytes".into()))?,
+        })
+    }
+
+    /// Places a job's event at the next position, logged as a refusal if its mutation was
+    /// refused, and returns the entry to store and the job's outcome.
+    pub fn append(
+        &mut self,
+        event: AuditEvent,
+        ts_ms: i64,
+        result: std::result::Result<(), MutationError>,
+        encoder: &dyn EntryEncoder,
+    ) -> (EncodedEntry, JobOutcome) {
+        let event = match &result {
+            Ok(()) => event,
+            Err(e) => event.refused(e.reason(), &e.to_string()),
+        };
+        let seq = self.next_seq;
+        let entry = encoder.encode(
+            &EntryPosition {
+                seq,
+                prev: self.prev,
+                ts_ms,
+            },
+            &event,
+        );
+        self.prev = entry.leaf_hash;
+        self.next_seq += 1;
+        (entry, JobOutcome { seq, result })
+    }
+}
