@@ -132,10 +132,7 @@ mod tests {
     #[test]
     fn objects_are_sorted_and_compact() {
         let value = json!({"b": [1, true, null], "a": {"z": "x", "y": -3}, "": false});
-        assert_eq!(
-            canonical_string(&value),
-            r#"{"":false,"a":{"y":-3,"z":"x"},"b":[1,true,null]}"#
-        );
+        assert_eq!(canonical_string(&value), r#"{"":false,"a":{"y":-3,"z":"x"},"b":[1,true,null]}"#);
     }
 
     #[test]
@@ -162,22 +159,10 @@ mod tests {
 
     #[test]
     fn integers_must_be_safe() {
-        assert_eq!(
-            canonical_string(&json!(9_007_199_254_740_991_u64)),
-            "9007199254740991"
-        );
-        assert_eq!(
-            canonical_string(&json!(-9_007_199_254_740_991_i64)),
-            "-9007199254740991"
-        );
-        assert!(matches!(
-            canonical_json(&json!(9_007_199_254_740_992_u64)),
-            Err(CanonicalError::IntegerOutOfRange(_))
-        ));
-        assert!(matches!(
-            canonical_json(&json!(i64::MIN)),
-            Err(CanonicalError::IntegerOutOfRange(_))
-        ));
+        assert_eq!(canonical_string(&json!(9_007_199_254_740_991_u64)), "9007199254740991");
+        assert_eq!(canonical_string(&json!(-9_007_199_254_740_991_i64)), "-9007199254740991");
+        assert!(matches!(canonical_json(&json!(9_007_199_254_740_992_u64)), Err(CanonicalError::IntegerOutOfRange(_))));
+        assert!(matches!(canonical_json(&json!(i64::MIN)), Err(CanonicalError::IntegerOutOfRange(_))));
     }
 
     #[test]

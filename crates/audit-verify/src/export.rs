@@ -174,18 +174,12 @@ pub fn verify_export<R: BufRead>(mut reader: R, key: &VerifierKey) -> Result<Rep
     loop {
         buffer.clear();
         let line = verifier.line + 1;
-        let read = (&mut reader)
-            .take(MAX_LINE_BYTES + 1)
-            .read_until(b'\n', &mut buffer);
+        let read = (&mut reader).take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut buffer);
         match read {
             Ok(0) => break,
             Ok(_) => {}
             Err(err) => {
-                return Err(VerifyError {
-                    line,
-                    seq: None,
-                    reason: Reason::Io(err),
-                });
+                return Err(VerifyError { line, seq: None, reason: Reason::Io(err) });
             }
         }
         verifier.line = line;
@@ -235,11 +229,7 @@ impl<'k> ExportVerifier<'k> {
     }
 
     fn fail(&self, seq: Option<u64>, reason: Reason) -> VerifyError {
-        VerifyError {
-            line: self.line,
-            seq,
-            reason,
-        }
+        VerifyError { line: self.line, seq, reason }
     }
 
     fn entry_count(&self) -> u64 {
@@ -250,10 +240,8 @@ impl<'k> ExportVerifier<'k> {
         if content.iter().all(u8::is_ascii_whitespace) {
             return Err(self.fail(None, Reason::BlankLine));
         }
-        let value =
-            strict_json::parse(content).map_err(|err| self.fail(None, invalid_json(&err)))?;
-        let (kind, body) =
-            single_member(&value).ok_or_else(|| self.fail(None, Reason::NotATaggedObject))?;
+        let value = strict_json::parse(content).map_err(|err| self.fail(None, invalid_json(&err)))?;
+        let (kind, body) = single_member(&value).ok_or_else(|| self.fail(None, Reason::NotATaggedObject))?;
         match (self.line, kind) {
             (1, "log") => self.header(body),
             (1, _) => Err(self.fail(None, Reason::MissingHeader)),
@@ -270,17 +258,11 @@ impl<'k> ExportVerifier<'k> {
         let Value::Object(header) = body else {
             return Err(malformed("\"log\" is not an object"));
         };
-        let format = header
-            .get("format")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("no string \"format\""))?;
+        let format = header.get("format").and_then(Value::as_str).ok_or_else(|| malformed("no string \"format\""))?;
         if format != EXPORT_FORMAT {
             return Err(self.fail(None, Reason::UnsupportedFormat(format.to_owned())));
         }
-        let origin = header
-            .get("origin")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("no string \"origin\""))?;
+        let origin = header.get("origin").and_then(Value::as_str).ok_or_else(|| malformed("no string \"origin\""))?;
         self.check_origin(origin)
     }
 
@@ -288,10 +270,7 @@ impl<'k> ExportVerifier<'k> {
         if origin == self.key.name() {
             return Ok(());
         }
-        let reason = Reason::OriginMismatch {
-            found: origin.to_owned(),
-            expected: self.key.name().to_owned(),
-        };
+        let reason = Reason::OriginMismatch { found: origin.to_owned(), expected: self.key.name().to_owned() };
         Err(self.fail(None, reason))
     }
 
@@ -302,8 +281,7 @@ impl<'k> ExportVerifier<'k> {
         };
         let seq = self.check_seq(members)?;
         self.check_prev(members, seq)?;
-        let canonical =
-            canonical_json(event).map_err(|err| self.fail(Some(seq), Reason::Canonical(err)))?;
+        let canonical = canonical_json(event).map_err(|err| self.fail(Some(seq), Reason::Canonical(err)))?;
         let leaf = leaf_hash(&canonical);
         self.leaves.push(leaf);
         self.frontier.push(leaf);
@@ -315,10 +293,7 @@ impl<'k> ExportVerifier<'k> {
     }
 
     fn check_seq(&self, members: &Map<String, Value>) -> Result<u64, VerifyError> {
-        let seq = members
-            .get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.fail(None, Reason::MissingSeq))?;
+        let seq = members.get("seq").and_then(Value::as_u64).ok_or_else(|| self.fail(None, Reason::MissingSeq))?;
         let expected = self.entry_count();
         if seq != expected {
             return Err(self.fail(Some(seq), Reason::SeqMismatch { expected }));
@@ -327,10 +302,8 @@ impl<'k> ExportVerifier<'k> {
     }
 
     fn check_prev(&self, members: &Map<String, Value>, seq: u64) -> Result<(), VerifyError> {
-        let prev = members
-            .get("prev")
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.fail(Some(seq), Reason::MissingPrev))?;
+        let prev =
+            members.get("prev").and_then(Value::as_str).ok_or_else(|| self.fail(Some(seq), Reason::MissingPrev))?;
         let expected = self.leaves.last().unwrap_or(&GENESIS_PREV);
         let mut expected_hex = [0u8; 64];
         // Encoding into a 64-byte buffer cannot fail for a 32-byte input.
@@ -340,12 +313,7 @@ impl<'k> ExportVerifier<'k> {
         if encoded && prev.as_bytes() == expected_hex.as_slice() {
             return Ok(());
         }
-        Err(self.fail(
-            Some(seq),
-            Reason::PrevMismatch {
-                previous_line: self.last_entry_line,
-            },
-        ))
+        Err(self.fail(Some(seq), Reason::PrevMismatch { previous_line: self.last_entry_line }))
     }
 
     /// Checks 3 and 4 for one checkpoint.
@@ -353,30 +321,18 @@ impl<'k> ExportVerifier<'k> {
         let Value::String(note) = body else {
             return Err(self.fail(None, Reason::CheckpointNotString));
         };
-        let checkpoint =
-            verify_note(note, self.key).map_err(|err| self.fail(None, Reason::Note(err)))?;
+        let checkpoint = verify_note(note, self.key).map_err(|err| self.fail(None, Reason::Note(err)))?;
         self.check_origin(&checkpoint.origin)?;
         let available = self.entry_count();
         if checkpoint.size > available {
-            let reason = Reason::CheckpointBeyondEntries {
-                size: checkpoint.size,
-                available,
-            };
+            let reason = Reason::CheckpointBeyondEntries { size: checkpoint.size, available };
             return Err(self.fail(None, reason));
         }
         if self.root_of_first(checkpoint.size) != checkpoint.root {
-            return Err(self.fail(
-                None,
-                Reason::RootMismatch {
-                    size: checkpoint.size,
-                },
-            ));
+            return Err(self.fail(None, Reason::RootMismatch { size: checkpoint.size }));
         }
         self.checkpoints += 1;
-        self.last_checkpoint = Some(SeenCheckpoint {
-            line: self.line,
-            size: checkpoint.size,
-        });
+        self.last_checkpoint = Some(SeenCheckpoint { line: self.line, size: checkpoint.size });
         self.first_entry_after_checkpoint = None;
         Ok(())
     }
@@ -395,39 +351,21 @@ impl<'k> ExportVerifier<'k> {
     /// Check 5, and the requirement that the file starts with a header.
     fn finish(self) -> Result<Report, VerifyError> {
         if self.line == 0 {
-            return Err(VerifyError {
-                line: 1,
-                seq: None,
-                reason: Reason::MissingHeader,
-            });
+            return Err(VerifyError { line: 1, seq: None, reason: Reason::MissingHeader });
         }
         let entries = self.entry_count();
         let Some(last) = self.last_checkpoint else {
-            let (line, seq) = self
-                .first_entry_after_checkpoint
-                .map_or((self.line, None), |(line, seq)| (line, Some(seq)));
-            return Err(VerifyError {
-                line,
-                seq,
-                reason: Reason::NoCheckpoint,
-            });
+            let (line, seq) =
+                self.first_entry_after_checkpoint.map_or((self.line, None), |(line, seq)| (line, Some(seq)));
+            return Err(VerifyError { line, seq, reason: Reason::NoCheckpoint });
         };
         if last.size != entries {
-            let (line, seq) = self
-                .first_entry_after_checkpoint
-                .map_or((last.line, None), |(line, seq)| (line, Some(seq)));
-            let reason = Reason::TailNotCovered {
-                checkpoint_line: last.line,
-                covered: last.size,
-                entries,
-            };
+            let (line, seq) =
+                self.first_entry_after_checkpoint.map_or((last.line, None), |(line, seq)| (line, Some(seq)));
+            let reason = Reason::TailNotCovered { checkpoint_line: last.line, covered: last.size, entries };
             return Err(VerifyError { line, seq, reason });
         }
-        Ok(Report {
-            entries,
-            checkpoints: self.checkpoints,
-            root: self.frontier.root(),
-        })
+        Ok(Report { entries, checkpoints: self.checkpoints, root: self.frontier.root() })
     }
 }
 
@@ -437,10 +375,7 @@ fn invalid_json(err: &serde_json::Error) -> Reason {
     let full = err.to_string();
     let position = format!(" at line {} column {}", err.line(), err.column());
     let message = full.strip_suffix(&position).unwrap_or(&full).to_owned();
-    Reason::InvalidJson {
-        column: err.column(),
-        message,
-    }
+    Reason::InvalidJson { column: err.column(), message }
 }
 
 /// The sole member of a JSON object, e.g. `("entry", {...})`.

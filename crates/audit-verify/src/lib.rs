@@ -31,7 +31,4 @@ mod strict_json;
 pub use canonical::{CanonicalError, canonical_json};
 pub use export::{EXPORT_FORMAT, Reason, Report, VerifyError, verify_export};
 pub use merkle::{Hash, leaf_hash, merkle_root, node_hash, verify_consistency, verify_inclusion};
-pub use note::{
-    Checkpoint, KeyParseError, NoteError, VerifierKey, parse_checkpoint, verify_note,
-    verify_signed_note,
-};
+pub use note::{Checkpoint, KeyParseError, NoteError, VerifierKey, parse_checkpoint, verify_note, verify_signed_note};

@@ -114,13 +114,7 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 ///
 /// Equal sizes are consistent only with an empty proof and equal roots. Every tree extends the
 /// empty one, so `first == 0` needs an empty proof and `first_root == SHA-256("")`.
-pub fn verify_consistency(
-    first: u64,
-    second: u64,
-    first_root: &Hash,
-    second_root: &Hash,
-    proof: &[Hash],
-) -> bool {
+pub fn verify_consistency(first: u64, second: u64, first_root: &Hash, second_root: &Hash, proof: &[Hash]) -> bool {
     if first > second {
         return false;
     }
@@ -229,11 +223,7 @@ mod tests {
     fn reference_subproof(m: usize, leaves: &[Hash], whole_subtree: bool) -> Vec<Hash> {
         let n = leaves.len();
         if m == n {
-            return if whole_subtree {
-                Vec::new()
-            } else {
-                vec![reference_root(leaves)]
-            };
+            return if whole_subtree { Vec::new() } else { vec![reference_root(leaves)] };
         }
         let k = split_point(n);
         if m <= k {
@@ -248,9 +238,7 @@ mod tests {
     }
 
     fn test_leaves(n: usize) -> Vec<Hash> {
-        (0..n)
-            .map(|i| leaf_hash(format!("leaf {i}").as_bytes()))
-            .collect()
+        (0..n).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect()
     }
 
     fn hex_hash(text: &str) -> Hash {
@@ -267,16 +255,7 @@ mod tests {
 
     #[test]
     fn split_point_is_largest_power_of_two_below_n() {
-        let expected = [
-            (2, 1),
-            (3, 2),
-            (4, 2),
-            (5, 4),
-            (8, 4),
-            (9, 8),
-            (16, 8),
-            (17, 16),
-        ];
+        let expected = [(2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (9, 8), (16, 8), (17, 16)];
         for (n, k) in expected {
             assert_eq!(split_point(n), k, "n={n}");
         }
@@ -285,10 +264,7 @@ mod tests {
     #[test]
     fn digest_vectors() {
         let leaves = abc();
-        assert_eq!(
-            hex::encode(merkle_root(&[])),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(hex::encode(merkle_root(&[])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert!(hex::encode(leaf_hash(b"")).starts_with("6e340b9c"));
         assert!(hex::encode(leaf_hash(b"")).ends_with("a01d"));
         assert_eq!(hex::encode(merkle_root(&leaves[..1])), ROOT_A);
@@ -304,31 +280,15 @@ mod tests {
         let (root_a, root_ab, root_abc) = (hex_hash(ROOT_A), hex_hash(ROOT_AB), hex_hash(ROOT_ABC));
         assert!(verify_inclusion(2, 3, &leaves[2], &[root_ab], &root_abc));
         assert!(verify_consistency(2, 3, &root_ab, &root_abc, &[leaves[2]]));
-        assert!(verify_consistency(
-            1,
-            3,
-            &root_a,
-            &root_abc,
-            &[leaves[1], leaves[2]]
-        ));
-        assert!(!verify_consistency(
-            1,
-            3,
-            &root_a,
-            &root_abc,
-            &[leaves[2], leaves[1]]
-        ));
+        assert!(verify_consistency(1, 3, &root_a, &root_abc, &[leaves[1], leaves[2]]));
+        assert!(!verify_consistency(1, 3, &root_a, &root_abc, &[leaves[2], leaves[1]]));
     }
 
     #[test]
     fn merkle_root_matches_reference() {
         let leaves = test_leaves(300);
         for n in 0..=leaves.len() {
-            assert_eq!(
-                merkle_root(&leaves[..n]),
-                reference_root(&leaves[..n]),
-                "n={n}"
-            );
+            assert_eq!(merkle_root(&leaves[..n]), reference_root(&leaves[..n]), "n={n}");
         }
     }
 
@@ -353,22 +313,13 @@ mod tests {
             for index in 0..size {
                 let proof = reference_path(index, tree);
                 let (i, n) = (index as u64, size as u64);
-                assert!(
-                    verify_inclusion(i, n, &tree[index], &proof, &root),
-                    "{index} in {size}"
-                );
+                assert!(verify_inclusion(i, n, &tree[index], &proof, &root), "{index} in {size}");
                 assert_inclusion_rejects_tampering(i, n, tree, &proof, &root);
             }
         }
     }
 
-    fn assert_inclusion_rejects_tampering(
-        i: u64,
-        n: u64,
-        tree: &[Hash],
-        proof: &[Hash],
-        root: &Hash,
-    ) {
+    fn assert_inclusion_rejects_tampering(i: u64, n: u64, tree: &[Hash], proof: &[Hash], root: &Hash) {
         let leaf = &tree[i as usize];
         let other_leaf = leaf_hash(b"not in the tree");
         assert!(!verify_inclusion(i, n, &other_leaf, proof, root));
@@ -402,22 +353,13 @@ mod tests {
                 let first_root = reference_root(&leaves[..first]);
                 let proof = reference_subproof(first, &leaves[..second], true);
                 let (m, n) = (first as u64, second as u64);
-                assert!(
-                    verify_consistency(m, n, &first_root, &second_root, &proof),
-                    "{first}->{second}"
-                );
+                assert!(verify_consistency(m, n, &first_root, &second_root, &proof), "{first}->{second}");
                 assert_consistency_rejects_tampering(m, n, &first_root, &second_root, &proof);
             }
         }
     }
 
-    fn assert_consistency_rejects_tampering(
-        m: u64,
-        n: u64,
-        first_root: &Hash,
-        second_root: &Hash,
-        proof: &[Hash],
-    ) {
+    fn assert_consistency_rejects_tampering(m: u64, n: u64, first_root: &Hash, second_root: &Hash, proof: &[Hash]) {
         let bogus = leaf_hash(b"bogus");
         assert!(!verify_consistency(m, n, &bogus, second_root, proof));
         assert!(!verify_consistency(m, n, first_root, &bogus, proof));

@@ -73,18 +73,12 @@ impl FromStr for VerifierKey {
             return Err(KeyParseError::InvalidName);
         }
         let key_id = parse_key_id(id_hex)?;
-        let typed_key = STANDARD
-            .decode(key_b64)
-            .map_err(|_| KeyParseError::InvalidBase64)?;
+        let typed_key = STANDARD.decode(key_b64).map_err(|_| KeyParseError::InvalidBase64)?;
         if key_id != derive_key_id(name, &typed_key) {
             return Err(KeyParseError::KeyIdMismatch);
         }
         let key = parse_ed25519_key(&typed_key)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key_id,
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key_id, key })
     }
 }
 
@@ -105,21 +99,13 @@ impl fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut typed_key = vec![ED25519_KEY_TYPE];
         typed_key.extend_from_slice(self.key.as_bytes());
-        write!(
-            f,
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.key_id),
-            STANDARD.encode(typed_key)
-        )
+        write!(f, "{}+{}+{}", self.name, hex::encode(self.key_id), STANDARD.encode(typed_key))
     }
 }
 
 impl fmt::Debug for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("VerifierKey")
-            .field(&self.to_string())
-            .finish()
+        f.debug_tuple("VerifierKey").field(&self.to_string()).finish()
     }
 }
 
@@ -138,11 +124,7 @@ fn parse_key_id(id_hex: &str) -> Result<[u8; KEY_ID_LEN], KeyParseError> {
 
 /// `SHA-256(name || 0x0A || type byte || public key)[..4]`; `typed_key` starts with the type byte.
 fn derive_key_id(name: &str, typed_key: &[u8]) -> [u8; KEY_ID_LEN] {
-    let digest = Sha256::new()
-        .chain_update(name)
-        .chain_update(b"\n")
-        .chain_update(typed_key)
-        .finalize();
+    let digest = Sha256::new().chain_update(name).chain_update(b"\n").chain_update(typed_key).finalize();
     let mut key_id = [0u8; KEY_ID_LEN];
     key_id.copy_from_slice(&digest[..KEY_ID_LEN]);
     key_id
@@ -153,9 +135,7 @@ fn parse_ed25519_key(typed_key: &[u8]) -> Result<VerifyingKey, KeyParseError> {
     if key_type != ED25519_KEY_TYPE {
         return Err(KeyParseError::UnsupportedKeyType(key_type));
     }
-    let public: &[u8; 32] = public
-        .try_into()
-        .map_err(|_| KeyParseError::InvalidKeyLength(public.len()))?;
+    let public: &[u8; 32] = public.try_into().map_err(|_| KeyParseError::InvalidKeyLength(public.len()))?;
     VerifyingKey::from_bytes(public).map_err(|_| KeyParseError::InvalidPublicKey)
 }
 
@@ -236,8 +216,7 @@ pub fn verify_signed_note<'a>(note: &'a str, key: &VerifierKey) -> Result<&'a st
         return Err(NoteError::TooManySignatures);
     }
     for (number, line) in lines.into_iter().enumerate() {
-        let (name, blob) =
-            parse_signature_line(line).ok_or(NoteError::MalformedSignatureLine(number + 1))?;
+        let (name, blob) = parse_signature_line(line).ok_or(NoteError::MalformedSignatureLine(number + 1))?;
         let (key_id, signature) = blob.split_at(KEY_ID_LEN);
         if !key.is_designated_by(name, key_id) {
             continue;
@@ -247,11 +226,7 @@ pub fn verify_signed_note<'a>(note: &'a str, key: &VerifierKey) -> Result<&'a st
         }
         verified = true;
     }
-    if verified {
-        Ok(text)
-    } else {
-        Err(NoteError::NotSignedByKey(key.to_string()))
-    }
+    if verified { Ok(text) } else { Err(NoteError::NotSignedByKey(key.to_string())) }
 }
 
 /// Splits `— <name> <base64>` into the name and the decoded key id + signature bytes.
@@ -267,16 +242,13 @@ fn signature_verifies(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> b
         return false;
     };
     // Strict verification rejects malleable and small-order forms no honest signer produces.
-    key.verify_strict(message, &Signature::from_bytes(signature))
-        .is_ok()
+    key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
 }
 
 /// Parses a tlog-checkpoint body: origin, decimal tree size, base64 root, then optional
 /// non-empty extension lines (accepted and ignored). `text` must end with `\n`.
 pub fn parse_checkpoint(text: &str) -> Result<Checkpoint, NoteError> {
-    let body = text
-        .strip_suffix('\n')
-        .ok_or(NoteError::MissingFinalNewline)?;
+    let body = text.strip_suffix('\n').ok_or(NoteError::MissingFinalNewline)?;
     let mut lines = body.split('\n');
     let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
         return Err(NoteError::CheckpointTooShort);
@@ -287,11 +259,7 @@ pub fn parse_checkpoint(text: &str) -> Result<Checkpoint, NoteError> {
     if lines.any(str::is_empty) {
         return Err(NoteError::EmptyExtensionLine);
     }
-    Ok(Checkpoint {
-        origin: origin.to_owned(),
-        size: parse_tree_size(size)?,
-        root: parse_root(root)?,
-    })
+    Ok(Checkpoint { origin: origin.to_owned(), size: parse_tree_size(size)?, root: parse_root(root)? })
 }
 
 fn parse_tree_size(line: &str) -> Result<u64, NoteError> {
@@ -324,8 +292,7 @@ mod tests {
 
     use super::*;
 
-    const EXAMPLE_VKEY: &str =
-        "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";
+    const EXAMPLE_VKEY: &str = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";
     const EXAMPLE_TEXT: &str = "This is an example message.\n";
     const EXAMPLE_SIGNATURE_LINE: &str = "\u{2014} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
 
@@ -344,16 +311,8 @@ mod tests {
     fn vkey_for(name: &str, key: &SigningKey) -> String {
         let mut typed = vec![ED25519_KEY_TYPE];
         typed.extend_from_slice(key.verifying_key().as_bytes());
-        let id = Sha256::new()
-            .chain_update(name)
-            .chain_update([0x0a])
-            .chain_update(&typed)
-            .finalize();
-        format!(
-            "{name}+{}+{}",
-            hex::encode(&id[..4]),
-            STANDARD.encode(typed)
-        )
+        let id = Sha256::new().chain_update(name).chain_update([0x0a]).chain_update(&typed).finalize();
+        format!("{name}+{}+{}", hex::encode(&id[..4]), STANDARD.encode(typed))
     }
 
     fn signature_line(name: &str, key: &SigningKey, text: &str) -> String {
@@ -384,54 +343,22 @@ mod tests {
             ("mandate.local/audit", KeyParseError::Malformed),
             ("a+b", KeyParseError::Malformed),
             (&format!("+{id}+{key_b64}"), KeyParseError::InvalidName),
+            (&format!("has space+{id}+{key_b64}"), KeyParseError::InvalidName),
+            (&format!("{name}+{}+{key_b64}", &id[..7]), KeyParseError::InvalidKeyId),
+            (&format!("{name}+zz{}+{key_b64}", &id[2..]), KeyParseError::InvalidKeyId),
+            (&format!("{name}+00000000+{key_b64}"), KeyParseError::KeyIdMismatch),
+            (&format!("other.name+{id}+{key_b64}"), KeyParseError::KeyIdMismatch),
+            (&format!("{name}+{id}+{}", &key_b64[1..]), KeyParseError::InvalidBase64),
+            (&format!("{name}+{id}+not*base64"), KeyParseError::InvalidBase64),
             (
-                &format!("has space+{id}+{key_b64}"),
-                KeyParseError::InvalidName,
-            ),
-            (
-                &format!("{name}+{}+{key_b64}", &id[..7]),
-                KeyParseError::InvalidKeyId,
-            ),
-            (
-                &format!("{name}+zz{}+{key_b64}", &id[2..]),
-                KeyParseError::InvalidKeyId,
-            ),
-            (
-                &format!("{name}+00000000+{key_b64}"),
-                KeyParseError::KeyIdMismatch,
-            ),
-            (
-                &format!("other.name+{id}+{key_b64}"),
-                KeyParseError::KeyIdMismatch,
-            ),
-            (
-                &format!("{name}+{id}+{}", &key_b64[1..]),
-                KeyParseError::InvalidBase64,
-            ),
-            (
-                &format!("{name}+{id}+not*base64"),
-                KeyParseError::InvalidBase64,
-            ),
-            (
-                &format!(
-                    "{name}+{}+{}",
-                    hex::encode(wrong_type_id),
-                    STANDARD.encode(&wrong_type)
-                ),
+                &format!("{name}+{}+{}", hex::encode(wrong_type_id), STANDARD.encode(&wrong_type)),
                 KeyParseError::UnsupportedKeyType(0x02),
             ),
             (
-                &format!(
-                    "{name}+{}+{}",
-                    hex::encode(derive_key_id(name, &[1, 2])),
-                    STANDARD.encode([1, 2])
-                ),
+                &format!("{name}+{}+{}", hex::encode(derive_key_id(name, &[1, 2])), STANDARD.encode([1, 2])),
                 KeyParseError::InvalidKeyLength(1),
             ),
-            (
-                &format!("{name}+{}+", hex::encode(derive_key_id(name, &[]))),
-                KeyParseError::EmptyKey,
-            ),
+            (&format!("{name}+{}+", hex::encode(derive_key_id(name, &[]))), KeyParseError::EmptyKey),
         ];
         for (vkey, expected) in cases {
             assert_eq!(vkey.parse::<VerifierKey>().unwrap_err(), expected, "{vkey}");
@@ -442,15 +369,9 @@ mod tests {
     #[test]
     fn verifies_the_spec_signed_note() {
         let note = example_note();
-        assert_eq!(
-            verify_signed_note(&note, &example_key()).unwrap(),
-            EXAMPLE_TEXT
-        );
+        assert_eq!(verify_signed_note(&note, &example_key()).unwrap(), EXAMPLE_TEXT);
         // Its body is not a checkpoint, so only the signature layer accepts it.
-        assert_eq!(
-            verify_note(&note, &example_key()).unwrap_err(),
-            NoteError::CheckpointTooShort
-        );
+        assert_eq!(verify_note(&note, &example_key()).unwrap_err(), NoteError::CheckpointTooShort);
     }
 
     #[test]
@@ -458,71 +379,33 @@ mod tests {
         let other = SigningKey::from_bytes(&[9u8; 32]);
         let unknown = signature_line("someone.else", &other, EXAMPLE_TEXT);
         let same_name_other_key = signature_line("example.com/foo", &other, EXAMPLE_TEXT);
-        let note =
-            format!("{EXAMPLE_TEXT}\n{unknown}{same_name_other_key}{EXAMPLE_SIGNATURE_LINE}");
-        assert_eq!(
-            verify_signed_note(&note, &example_key()).unwrap(),
-            EXAMPLE_TEXT
-        );
+        let note = format!("{EXAMPLE_TEXT}\n{unknown}{same_name_other_key}{EXAMPLE_SIGNATURE_LINE}");
+        assert_eq!(verify_signed_note(&note, &example_key()).unwrap(), EXAMPLE_TEXT);
         let unsigned = format!("{EXAMPLE_TEXT}\n{unknown}{same_name_other_key}");
-        assert!(matches!(
-            verify_signed_note(&unsigned, &example_key()),
-            Err(NoteError::NotSignedByKey(_))
-        ));
+        assert!(matches!(verify_signed_note(&unsigned, &example_key()), Err(NoteError::NotSignedByKey(_))));
     }
 
     #[test]
     fn rejects_tampered_or_malformed_notes() {
         let key = example_key();
         let tampered = format!("This is an example message!\n\n{EXAMPLE_SIGNATURE_LINE}");
-        assert!(matches!(
-            verify_signed_note(&tampered, &key),
-            Err(NoteError::InvalidSignature(_))
-        ));
+        assert!(matches!(verify_signed_note(&tampered, &key), Err(NoteError::InvalidSignature(_))));
         let cases = [
-            (
-                example_note().trim_end().to_owned(),
-                NoteError::MissingFinalNewline,
-            ),
-            (
-                format!("{EXAMPLE_TEXT}{EXAMPLE_SIGNATURE_LINE}"),
-                NoteError::MissingSignatureBlock,
-            ),
-            (
-                format!("{EXAMPLE_TEXT}\n"),
-                NoteError::MissingSignatureBlock,
-            ),
-            (
-                format!("{EXAMPLE_TEXT}\n{EXAMPLE_SIGNATURE_LINE}\n"),
-                NoteError::MissingSignatureBlock,
-            ),
-            (
-                format!("tab\there\n\n{EXAMPLE_SIGNATURE_LINE}"),
-                NoteError::ControlCharacter,
-            ),
-            (
-                format!("{EXAMPLE_TEXT}\n- example.com/foo AAAAAAA=\n"),
-                NoteError::MalformedSignatureLine(1),
-            ),
+            (example_note().trim_end().to_owned(), NoteError::MissingFinalNewline),
+            (format!("{EXAMPLE_TEXT}{EXAMPLE_SIGNATURE_LINE}"), NoteError::MissingSignatureBlock),
+            (format!("{EXAMPLE_TEXT}\n"), NoteError::MissingSignatureBlock),
+            (format!("{EXAMPLE_TEXT}\n{EXAMPLE_SIGNATURE_LINE}\n"), NoteError::MissingSignatureBlock),
+            (format!("tab\there\n\n{EXAMPLE_SIGNATURE_LINE}"), NoteError::ControlCharacter),
+            (format!("{EXAMPLE_TEXT}\n- example.com/foo AAAAAAA=\n"), NoteError::MalformedSignatureLine(1)),
             (
                 format!("{EXAMPLE_TEXT}\n{EXAMPLE_SIGNATURE_LINE}\u{2014} example.com/foo AAAA\n"),
                 NoteError::MalformedSignatureLine(2),
             ),
-            (
-                format!("{EXAMPLE_TEXT}\n\u{2014} example.com/foo !!!!\n"),
-                NoteError::MalformedSignatureLine(1),
-            ),
-            (
-                format!("{EXAMPLE_TEXT}\n\u{2014} example.com/foo\n"),
-                NoteError::MalformedSignatureLine(1),
-            ),
+            (format!("{EXAMPLE_TEXT}\n\u{2014} example.com/foo !!!!\n"), NoteError::MalformedSignatureLine(1)),
+            (format!("{EXAMPLE_TEXT}\n\u{2014} example.com/foo\n"), NoteError::MalformedSignatureLine(1)),
         ];
         for (note, expected) in cases {
-            assert_eq!(
-                verify_signed_note(&note, &key).unwrap_err(),
-                expected,
-                "{note:?}"
-            );
+            assert_eq!(verify_signed_note(&note, &key).unwrap_err(), expected, "{note:?}");
         }
         let many = EXAMPLE_SIGNATURE_LINE.repeat(MAX_SIGNATURES + 1);
         assert_eq!(
@@ -535,14 +418,8 @@ mod tests {
     fn wrong_length_signature_from_the_key_is_invalid() {
         let key = example_key();
         let blob = [key.key_id.as_slice(), &[0u8; 63]].concat();
-        let note = format!(
-            "{EXAMPLE_TEXT}\n\u{2014} example.com/foo {}\n",
-            STANDARD.encode(blob)
-        );
-        assert!(matches!(
-            verify_signed_note(&note, &key),
-            Err(NoteError::InvalidSignature(_))
-        ));
+        let note = format!("{EXAMPLE_TEXT}\n\u{2014} example.com/foo {}\n", STANDARD.encode(blob));
+        assert!(matches!(verify_signed_note(&note, &key), Err(NoteError::InvalidSignature(_))));
     }
 
     #[test]
@@ -551,10 +428,7 @@ mod tests {
         let checkpoint = parse_checkpoint(text).unwrap();
         assert_eq!(checkpoint.origin, "agents.example.com/audit");
         assert_eq!(checkpoint.size, 3);
-        assert_eq!(
-            hex::encode(checkpoint.root),
-            "36642e73c2540ab121e3a6bf9545b0a24982cd830eb13d3cd19de3ce6c021ec1"
-        );
+        assert_eq!(hex::encode(checkpoint.root), "36642e73c2540ab121e3a6bf9545b0a24982cd830eb13d3cd19de3ce6c021ec1");
         let with_extension = format!("{text}some extension\n");
         assert_eq!(parse_checkpoint(&with_extension).unwrap(), checkpoint);
     }
@@ -566,42 +440,18 @@ mod tests {
             (format!("o\n1\n{root}"), NoteError::MissingFinalNewline),
             ("o\n1\n".to_owned(), NoteError::CheckpointTooShort),
             (format!("\n1\n{root}\n"), NoteError::EmptyOrigin),
-            (
-                format!("o\n01\n{root}\n"),
-                NoteError::InvalidTreeSize("01".into()),
-            ),
-            (
-                format!("o\n+1\n{root}\n"),
-                NoteError::InvalidTreeSize("+1".into()),
-            ),
-            (
-                format!("o\n\n{root}\n"),
-                NoteError::InvalidTreeSize(String::new()),
-            ),
-            (
-                format!("o\n18446744073709551616\n{root}\n"),
-                NoteError::InvalidTreeSize("18446744073709551616".into()),
-            ),
-            (
-                format!("o\n1\n{}\n", STANDARD.encode([0u8; 31])),
-                NoteError::InvalidRoot,
-            ),
-            (
-                format!("o\n1\n{}\n", root.trim_end_matches('=')),
-                NoteError::InvalidRoot,
-            ),
-            (
-                format!("o\n1\n{root}\n\nx\n"),
-                NoteError::EmptyExtensionLine,
-            ),
+            (format!("o\n01\n{root}\n"), NoteError::InvalidTreeSize("01".into())),
+            (format!("o\n+1\n{root}\n"), NoteError::InvalidTreeSize("+1".into())),
+            (format!("o\n\n{root}\n"), NoteError::InvalidTreeSize(String::new())),
+            (format!("o\n18446744073709551616\n{root}\n"), NoteError::InvalidTreeSize("18446744073709551616".into())),
+            (format!("o\n1\n{}\n", STANDARD.encode([0u8; 31])), NoteError::InvalidRoot),
+            (format!("o\n1\n{}\n", root.trim_end_matches('=')), NoteError::InvalidRoot),
+            (format!("o\n1\n{root}\n\nx\n"), NoteError::EmptyExtensionLine),
         ];
         for (text, expected) in cases {
             assert_eq!(parse_checkpoint(&text).unwrap_err(), expected, "{text:?}");
         }
-        assert_eq!(
-            parse_checkpoint(&format!("o\n0\n{root}\n")).unwrap().size,
-            0
-        );
+        assert_eq!(parse_checkpoint(&format!("o\n0\n{root}\n")).unwrap().size, 0);
     }
 
     #[test]
@@ -609,19 +459,10 @@ mod tests {
         let signer = signing_key();
         let key: VerifierKey = vkey_for("mandate.local/audit", &signer).parse().unwrap();
         let text = format!("mandate.local/audit\n5\n{}\n", STANDARD.encode([3u8; 32]));
-        let note = format!(
-            "{text}\n{}",
-            signature_line("mandate.local/audit", &signer, &text)
-        );
+        let note = format!("{text}\n{}", signature_line("mandate.local/audit", &signer, &text));
         let checkpoint = verify_note(&note, &key).unwrap();
         assert_eq!((checkpoint.size, checkpoint.root), (5, [3u8; 32]));
-        let other: VerifierKey =
-            vkey_for("mandate.local/audit", &SigningKey::from_bytes(&[8u8; 32]))
-                .parse()
-                .unwrap();
-        assert!(matches!(
-            verify_note(&note, &other),
-            Err(NoteError::NotSignedByKey(_))
-        ));
+        let other: VerifierKey = vkey_for("mandate.local/audit", &SigningKey::from_bytes(&[8u8; 32])).parse().unwrap();
+        assert!(matches!(verify_note(&note, &other), Err(NoteError::NotSignedByKey(_))));
     }
 }

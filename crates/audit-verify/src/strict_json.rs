@@ -91,20 +91,13 @@ mod tests {
     #[test]
     fn parses_like_serde_json() {
         let text = br#" {"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":"\u00e9\n"} "#;
-        assert_eq!(
-            parse(text).unwrap(),
-            serde_json::from_slice::<Value>(text).unwrap()
-        );
+        assert_eq!(parse(text).unwrap(), serde_json::from_slice::<Value>(text).unwrap());
         assert_eq!(parse(b"7").unwrap(), json!(7));
     }
 
     #[test]
     fn rejects_duplicate_keys_at_any_depth() {
-        for text in [
-            r#"{"a":1,"a":1}"#,
-            r#"{"x":[{"b":1,"b":2}]}"#,
-            r#"{"é":1,"\u00e9":2}"#,
-        ] {
+        for text in [r#"{"a":1,"a":1}"#, r#"{"x":[{"b":1,"b":2}]}"#, r#"{"é":1,"\u00e9":2}"#] {
             let err = parse(text.as_bytes()).unwrap_err();
             assert!(err.to_string().contains("duplicate key"), "{text}: {err}");
         }

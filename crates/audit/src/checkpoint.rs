@@ -37,12 +37,7 @@ impl CheckpointSigner {
         id_input.extend_from_slice(&public);
         let digest = sha256(&id_input);
         let key_id = [digest[0], digest[1], digest[2], digest[3]];
-        Ok(Self {
-            key,
-            origin: origin.to_owned(),
-            public,
-            key_id,
-        })
+        Ok(Self { key, origin: origin.to_owned(), public, key_id })
     }
 
     pub fn origin(&self) -> &str {
@@ -91,12 +86,7 @@ pub async fn build_checkpoint(
     let (mut size, mut frontier) = latest.map_or((0, Vec::new()), |cp| (cp.tree_size, cp.frontier));
     while size < target {
         let end = (size + CATCH_UP_CHUNK).min(target);
-        let leaves: Vec<Hash> = store
-            .audit_entries(size, end)
-            .await?
-            .iter()
-            .map(|e| e.leaf_hash)
-            .collect();
+        let leaves: Vec<Hash> = store.audit_entries(size, end).await?.iter().map(|e| e.leaf_hash).collect();
         if leaves.len() as u64 != end - size {
             return Err(StoreError::AuditChain(format!("entries {size}..{end} are not all present")).into());
         }
@@ -104,13 +94,8 @@ pub async fn build_checkpoint(
         size = end;
     }
     let root = root_from_frontier(&frontier);
-    let checkpoint = StoredCheckpoint {
-        tree_size: size,
-        root,
-        note: signer.sign(size, &root)?,
-        frontier,
-        created_at_ms: now_ms,
-    };
+    let checkpoint =
+        StoredCheckpoint { tree_size: size, root, note: signer.sign(size, &root)?, frontier, created_at_ms: now_ms };
     store.insert_checkpoint(&checkpoint).await?;
     Ok(checkpoint)
 }

@@ -57,7 +57,8 @@ mod tests {
         assert!(text.starts_with(r#"{"action":"token.issue","agent":null,"client":null,"correlation_id":"c-1","decision":"allow","detail":"line\nbreak \"q\" \u0001 é","#), "{text}");
         assert!(text.ends_with(r#""ts":"2026-11-23T09:00:00.123Z","v":1}"#), "{text}");
         assert!(!text.contains(": ") && !text.contains(", "));
-        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&text).unwrap().keys().cloned().collect();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, Value>>(&text).unwrap().keys().cloned().collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);

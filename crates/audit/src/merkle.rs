@@ -23,19 +23,15 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// The frontier of a tree of `size` leaves, extended by `leaves`.
 pub fn extend_frontier(mut frontier: Vec<Hash>, size: u64, leaves: &[Hash]) -> Vec<Hash> {
-    let mut size = size;
-    for leaf in leaves {
+    for (size_before, leaf) in (size..).zip(leaves) {
         frontier.push(*leaf);
         // Each trailing 1-bit of the old size is a subtree the new leaf completes a pair with.
-        let mut merges = size.trailing_ones();
-        while merges > 0 {
+        for _ in 0..size_before.trailing_ones() {
             let (Some(right), Some(left)) = (frontier.pop(), frontier.pop()) else {
                 break;
             };
             frontier.push(node_hash(&left, &right));
-            merges -= 1;
         }
-        size += 1;
     }
     frontier
 }

@@ -36,10 +36,7 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        Self {
-            every_events: 1000,
-            every: Duration::from_secs(10),
-        }
+        Self { every_events: 1000, every: Duration::from_secs(10) }
     }
 }
 
@@ -72,12 +69,7 @@ impl AuditLog {
         policy: CheckpointPolicy,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let shared = Arc::new(Shared {
-            store,
-            signer,
-            clock,
-            checkpoint_running: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { store, signer, clock, checkpoint_running: AtomicBool::new(false) });
         tokio::spawn(run_writer(rx, Arc::clone(&shared), policy));
         Self { tx, shared }
     }
@@ -89,11 +81,7 @@ impl AuditLog {
 
     /// Applies `mutation` and appends `event` atomically. A refused mutation changes nothing and
     /// its event is logged as a refusal; the refusal is returned as the inner error.
-    pub async fn apply(
-        &self,
-        mutation: Mutation,
-        event: AuditEvent,
-    ) -> Result<Result<u64, MutationError>, AuditError> {
+    pub async fn apply(&self, mutation: Mutation, event: AuditEvent) -> Result<Result<u64, MutationError>, AuditError> {
         let outcome = self.submit(Some(mutation), event).await?;
         Ok(outcome.result.map(|()| outcome.seq))
     }
@@ -104,9 +92,7 @@ impl AuditLog {
             .send(Pending { mutation, event, reply })
             .await
             .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| AuditError::Unavailable("the audit writer dropped the request".into()))?
+        answer.await.map_err(|_| AuditError::Unavailable("the audit writer dropped the request".into()))?
     }
 
     /// Signs a checkpoint covering everything appended so far.
@@ -172,11 +158,7 @@ async fn commit_batch(shared: &Shared, encoder: &Arc<dyn EntryEncoder>, batch: V
         .into_iter()
         .map(|p| {
             replies.push(p.reply);
-            WriteJob {
-                mutation: p.mutation,
-                event: p.event,
-                ts_ms,
-            }
+            WriteJob { mutation: p.mutation, event: p.event, ts_ms }
         })
         .collect();
     match shared.store.commit(jobs, Arc::clone(encoder)).await {

@@ -37,9 +37,9 @@ async fn concurrent_appends_form_one_verifiable_chain() {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            log.record(AuditEvent::allow("test.event", format!("c{i}"))).await.unwrap()
-        }));
+        tasks.push(tokio::spawn(
+            async move { log.record(AuditEvent::allow("test.event", format!("c{i}"))).await.unwrap() },
+        ));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -65,10 +65,7 @@ async fn mutations_and_their_events_commit_together() {
         .await
         .unwrap();
     assert_eq!(ok, Ok(0));
-    let dup = log
-        .apply(Mutation::CreateOwner(alice), AuditEvent::allow("registry.owner.create", "r2"))
-        .await
-        .unwrap();
+    let dup = log.apply(Mutation::CreateOwner(alice), AuditEvent::allow("registry.owner.create", "r2")).await.unwrap();
     assert!(matches!(dup, Err(MutationError::Conflict(_))));
 
     let text = export_text(&log).await;

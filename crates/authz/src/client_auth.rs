@@ -19,15 +19,8 @@ const ASSERTION_TYPES: &[&str] = &["client-authentication+jwt", "jwt"];
 #[derive(Debug)]
 pub enum Presented {
     None,
-    Secret {
-        client_id: String,
-        secret: Zeroizing<String>,
-        method: ClientAuthMethod,
-    },
-    Assertion {
-        client_id: Option<String>,
-        assertion: String,
-    },
+    Secret { client_id: String, secret: Zeroizing<String>, method: ClientAuthMethod },
+    Assertion { client_id: Option<String>, assertion: String },
 }
 
 impl Presented {
@@ -37,9 +30,9 @@ impl Presented {
             Self::None => None,
             Self::Secret { client_id, .. } => Some(client_id.clone()),
             Self::Assertion { client_id: Some(id), .. } => Some(id.clone()),
-            Self::Assertion { assertion, .. } => peek_claims(assertion)
-                .ok()
-                .and_then(|c| c.get("sub").and_then(Value::as_str).map(str::to_owned)),
+            Self::Assertion { assertion, .. } => {
+                peek_claims(assertion).ok().and_then(|c| c.get("sub").and_then(Value::as_str).map(str::to_owned))
+            }
         }
     }
 }
@@ -64,7 +57,9 @@ impl Eq for AuthenticatedClient {}
 pub async fn authenticate(authz: &Authz, presented: Presented) -> Result<AuthenticatedClient, OAuthError> {
     let (client, replay_guard) = match presented {
         Presented::None => return Err(OAuthError::invalid_client("client authentication is required")),
-        Presented::Secret { client_id, secret, method } => (check_secret(authz, &client_id, &secret, method).await?, None),
+        Presented::Secret { client_id, secret, method } => {
+            (check_secret(authz, &client_id, &secret, method).await?, None)
+        }
         Presented::Assertion { client_id, assertion } => {
             let (client, guard) = check_assertion(authz, client_id.as_deref(), &assertion).await?;
             (client, Some(guard))
@@ -87,20 +82,14 @@ async fn check_secret(
 ) -> Result<Client, OAuthError> {
     let presented_hash = hash_secret(secret);
     let client = authz.store.client(client_id).await.map_err(store_failure)?;
-    let stored_hash = client
-        .as_ref()
-        .and_then(|c| c.secret_hash.clone())
-        .unwrap_or_else(|| "0".repeat(64));
+    let stored_hash = client.as_ref().and_then(|c| c.secret_hash.clone()).unwrap_or_else(|| "0".repeat(64));
     // Compare even for unknown clients so timing does not reveal which client ids exist.
     let matches = constant_time_eq(presented_hash.as_bytes(), stored_hash.as_bytes());
     let Some(client) = client.filter(|_| matches) else {
         return Err(OAuthError::invalid_client("unknown client or wrong secret"));
     };
     if client.auth_method != method {
-        return Err(OAuthError::invalid_client(format!(
-            "client is registered for {}",
-            client.auth_method.as_str()
-        )));
+        return Err(OAuthError::invalid_client(format!("client is registered for {}", client.auth_method.as_str())));
     }
     Ok(client)
 }
@@ -116,12 +105,7 @@ async fn check_assertion(
     if client_id_param.is_some_and(|id| id != subject) {
         return Err(bad("client_id does not match the assertion's subject"));
     }
-    let client = authz
-        .store
-        .client(subject)
-        .await
-        .map_err(store_failure)?
-        .ok_or_else(|| bad("unknown client"))?;
+    let client = authz.store.client(subject).await.map_err(store_failure)?.ok_or_else(|| bad("unknown client"))?;
     if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
         return Err(bad("client is not registered for private_key_jwt"));
     }
@@ -172,16 +156,11 @@ pub fn client_keys(client: &Client) -> Result<Vec<PublicKey>, String> {
 /// Parses a JWK Set document, refusing unsupported or private keys.
 pub fn parse_jwks(jwks: &str) -> Result<Vec<PublicKey>, String> {
     let doc: Value = serde_json::from_str(jwks).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-    let keys = doc
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or("JWKS must have a \"keys\" array")?;
+    let keys = doc.get("keys").and_then(Value::as_array).ok_or("JWKS must have a \"keys\" array")?;
     if keys.is_empty() {
         return Err("JWKS has no keys".into());
     }
-    keys.iter()
-        .map(|k| PublicKey::from_jwk(k).map_err(|e| e.to_string()))
-        .collect()
+    keys.iter().map(|k| PublicKey::from_jwk(k).map_err(|e| e.to_string())).collect()
 }
 
 /// The answer to a client assertion whose `jti` was seen before.

@@ -68,14 +68,21 @@ pub fn parse_issued(authz: &Authz, token: &str) -> Result<IssuedToken, Inactive>
     })
 }
 
+/// The outcome of [`check_active`]: a live token, or why not (with the token when it parsed).
+#[derive(Debug, Clone)]
+pub enum Liveness {
+    Active(IssuedToken),
+    Inactive(Option<Box<IssuedToken>>, Inactive),
+}
+
 /// The full liveness check: [`parse_issued`] plus revocation state.
-pub async fn check_active(authz: &Authz, token: &str) -> Result<Result<IssuedToken, Inactive>, OAuthError> {
+pub async fn check_active(authz: &Authz, token: &str) -> Result<Liveness, OAuthError> {
     let issued = match parse_issued(authz, token) {
         Ok(t) => t,
-        Err(inactive) => return Ok(Err(inactive)),
+        Err(inactive) => return Ok(Liveness::Inactive(None, inactive)),
     };
     if authz.store.is_token_revoked(&issued.jti).await.map_err(store_failure)? {
-        return Ok(Err(Inactive::Revoked));
+        return Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::Revoked));
     }
     let mut subjects = vec![(EpochKind::Client, issued.client_id.as_str())];
     if let Some(agent) = &issued.agent {
@@ -88,24 +95,32 @@ pub async fn check_active(authz: &Authz, token: &str) -> Result<Result<IssuedTok
     // switch is treated as issued before it.
     let epoch = authz.store.revoked_before(&subjects).await.map_err(store_failure)?;
     if epoch.is_some_and(|not_before| issued.iat <= not_before) {
-        return Ok(Err(Inactive::RevokedBySubject));
+        return Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::RevokedBySubject));
     }
-    Ok(Ok(issued))
+    Ok(Liveness::Active(issued))
 }
 
 /// RFC 7662: `{"active": false}` for anything not live or not visible to the caller.
-pub async fn introspect(authz: &Authz, caller: &Caller, token: &str, correlation_id: &str) -> Result<Value, OAuthError> {
+pub async fn introspect(
+    authz: &Authz,
+    caller: &Caller,
+    token: &str,
+    correlation_id: &str,
+) -> Result<Value, OAuthError> {
     let mut event = AuditEvent::allow("token.introspect", correlation_id);
     if let Caller::Client(client) = caller {
         event.client = Some(client.client.client_id.clone());
     }
     let outcome = match check_active(authz, token).await {
         Err(e) => Err(e),
-        Ok(Err(inactive)) => {
-            event = event.refused("inactive", &inactive.describe());
+        Ok(Liveness::Inactive(issued, why)) => {
+            if let Some(issued) = &issued {
+                describe_token(&mut event, issued);
+            }
+            event = event.refused("inactive", &why.describe());
             Ok((json!({"active": false}), replay_guard(caller)))
         }
-        Ok(Ok(issued)) => {
+        Ok(Liveness::Active(issued)) => {
             describe_token(&mut event, &issued);
             if may_see(caller, &issued) {
                 Ok((active_response(&issued), replay_guard(caller)))

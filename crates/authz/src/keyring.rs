@@ -87,12 +87,7 @@ impl Keyring {
         load_into(&kek, &mut loaded, store.signing_keys().await?)?;
         let max_token_ttl_ms = max_token_ttl_secs * 1000;
         let snapshot = select(&loaded, now_ms, max_token_ttl_ms)?;
-        Ok(Self {
-            kek,
-            max_token_ttl_ms,
-            loaded: RwLock::new(loaded),
-            snapshot: RwLock::new(Arc::new(snapshot)),
-        })
+        Ok(Self { kek, max_token_ttl_ms, loaded: RwLock::new(loaded), snapshot: RwLock::new(Arc::new(snapshot)) })
     }
 
     /// Re-reads the key table (new keys from a rotation elsewhere) and re-selects for `now_ms`.
@@ -108,12 +103,7 @@ impl Keyring {
     }
 
     pub fn signer(&self, alg: Alg) -> Result<Arc<SigningKey>, KeyringError> {
-        self.snapshot
-            .read()
-            .token_signers
-            .get(&alg)
-            .cloned()
-            .ok_or(KeyringError::NoActiveKey("token"))
+        self.snapshot.read().token_signers.get(&alg).cloned().ok_or(KeyringError::NoActiveKey("token"))
     }
 
     pub fn audit_key(&self) -> Arc<SigningKey> {
@@ -175,10 +165,8 @@ fn load_into(kek: &Kek, loaded: &mut HashMap<String, Loaded>, stored: Vec<Stored
             existing.meta = meta;
             continue;
         }
-        let alg = Alg::parse(&meta.alg).ok_or_else(|| KeyringError::UnknownAlg {
-            kid: meta.kid.clone(),
-            alg: meta.alg.clone(),
-        })?;
+        let alg = Alg::parse(&meta.alg)
+            .ok_or_else(|| KeyringError::UnknownAlg { kid: meta.kid.clone(), alg: meta.alg.clone() })?;
         let der = kek.open(&meta.kid, &meta.sealed_private_key)?;
         let key = Arc::new(SigningKey::from_pkcs8(alg, &der)?);
         loaded.insert(meta.kid.clone(), Loaded { meta, key });
@@ -213,15 +201,16 @@ fn select(loaded: &HashMap<String, Loaded>, now_ms: i64, max_token_ttl_ms: i64) 
     published.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.kid().cmp(b.1.kid())));
     let published: Vec<PublicKey> = published.into_iter().map(|(_, k)| k).collect();
     let jwks = json!({"keys": published.iter().map(|k| k.jwk().clone()).collect::<Vec<_>>()});
-    Ok(Snapshot {
-        token_signers,
-        audit,
-        published: Arc::new(published),
-        jwks: Arc::new(jwks),
-    })
+    Ok(Snapshot { token_signers, audit, published: Arc::new(published), jwks: Arc::new(jwks) })
 }
 
-fn new_stored_key(kek: &Kek, purpose: &str, alg: Alg, now_ms: i64, activate_at_ms: i64) -> Result<StoredKey, KeyringError> {
+fn new_stored_key(
+    kek: &Kek,
+    purpose: &str,
+    alg: Alg,
+    now_ms: i64,
+    activate_at_ms: i64,
+) -> Result<StoredKey, KeyringError> {
     let key = SigningKey::generate(alg)?;
     let kid = key.kid().to_owned();
     Ok(StoredKey {

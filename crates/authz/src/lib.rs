@@ -54,7 +54,7 @@ pub struct Authz {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Client(client_auth::AuthenticatedClient),
+    Client(Box<client_auth::AuthenticatedClient>),
 }
 
 pub(crate) fn store_failure(e: StoreError) -> OAuthError {

@@ -1,9 +1,7 @@
 //! Registry changes: owners, agents, clients and resources. Every attempt, accepted or not, is
 //! an audit event written in the same transaction as the change.
 
-use mandate_core::{
-    Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, ScopeSet,
-};
+use mandate_core::{Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, ScopeSet};
 use mandate_crypto::{hash_secret, random_token};
 use mandate_store::{Mutation, MutationError};
 
@@ -30,7 +28,8 @@ pub struct NewAgent {
 #[derive(Debug, Clone)]
 pub struct NewClient {
     pub agent: String,
-    pub auth_method: ClientAuthMethod,
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
+    pub auth_method: String,
     /// Required for `private_key_jwt`: a JWK Set with the client's public keys.
     pub jwks: Option<String>,
     /// Defaults to `<agent>.<random>`.
@@ -103,27 +102,31 @@ pub async fn create_agent(authz: &Authz, new: NewAgent, correlation_id: &str) ->
     change(authz, event, prepared).await
 }
 
-pub async fn create_client(authz: &Authz, new: NewClient, correlation_id: &str) -> Result<CreatedClient, RegistryError> {
+pub async fn create_client(
+    authz: &Authz,
+    new: NewClient,
+    correlation_id: &str,
+) -> Result<CreatedClient, RegistryError> {
     let mut event = AuditEvent::allow("registry.client.create", correlation_id);
     let prepared = prepare_client(authz, new);
     if let Ok((_, created)) = &prepared {
         event.client = Some(created.client.client_id.clone());
-        event.detail = Some(format!(
-            "agent={} auth_method={}",
-            created.client.agent,
-            created.client.auth_method.as_str()
-        ));
+        event.detail =
+            Some(format!("agent={} auth_method={}", created.client.agent, created.client.auth_method.as_str()));
     }
     change(authz, event, prepared).await
 }
 
 fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedClient), RegistryError> {
     let agent = Name::parse(&new.agent).map_err(invalid)?;
+    let auth_method = ClientAuthMethod::parse(&new.auth_method).ok_or_else(|| {
+        invalid("token_endpoint_auth_method must be client_secret_basic, client_secret_post or private_key_jwt")
+    })?;
     let client_id = match new.client_id {
         Some(id) => Name::parse(&id).map_err(invalid)?.to_string(),
         None => format!("{agent}.{}", &hash_secret(&random_token(""))[..12]),
     };
-    let (secret, jwks) = match (new.auth_method.uses_secret(), new.jwks) {
+    let (secret, jwks) = match (auth_method.uses_secret(), new.jwks) {
         (true, None) => (Some(random_token("mcs_")), None),
         (true, Some(_)) => return Err(invalid("a JWKS is only for private_key_jwt clients")),
         (false, Some(jwks)) => {
@@ -135,7 +138,7 @@ fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedCli
     let client = Client {
         client_id,
         agent,
-        auth_method: new.auth_method,
+        auth_method,
         secret_hash: secret.as_deref().map(hash_secret),
         jwks,
         can_introspect: new.can_introspect,

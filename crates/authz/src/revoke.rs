@@ -80,10 +80,7 @@ pub async fn revoke_subject(
         let mutation = Mutation::RevokeBefore { kind, name: name.to_owned(), not_before_secs: now };
         Ok((now, Some(mutation)))
     } else {
-        Err(OAuthError::new(
-            OAuthErrorCode::InvalidRequest,
-            format!("no {} named {name:?}", kind.as_str()),
-        ))
+        Err(OAuthError::new(OAuthErrorCode::InvalidRequest, format!("no {} named {name:?}", kind.as_str())))
     };
     conclude(authz, event, outcome, |e| OAuthError::server_error(e.to_string())).await
 }

@@ -135,10 +135,7 @@ fn sign_access_token(
         "jti": jti,
         OWNER_CLAIM: client.agent.owner.as_str(),
     });
-    let key = authz
-        .keys
-        .signer(config.access_token_alg)
-        .map_err(|e| OAuthError::server_error(e.to_string()))?;
+    let key = authz.keys.signer(config.access_token_alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let access_token = mandate_crypto::jose::sign_jwt(&key, ACCESS_TOKEN_TYP, &claims)
         .map_err(|e| OAuthError::server_error(e.to_string()))?;
     event.jti = Some(jti);

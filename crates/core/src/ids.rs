@@ -14,10 +14,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     fn new(what: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            what,
-            reason: reason.into(),
-        }
+        Self { what, reason: reason.into() }
     }
 }
 
@@ -29,13 +26,9 @@ pub struct Name(String);
 
 impl Name {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let valid_chars = raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-        let starts_well = raw
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let valid_chars =
+            raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        let starts_well = raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if raw.is_empty() || raw.len() > 63 || !valid_chars || !starts_well {
             return Err(ValidationError::new(
                 "name",
@@ -77,9 +70,7 @@ impl TrustDomain {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let valid = !raw.is_empty()
             && raw.len() <= 255
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
         if !valid {
             return Err(ValidationError::new(
                 "trust domain",
@@ -144,13 +135,8 @@ impl ResourceUri {
         let Some((scheme, rest)) = raw.split_once("://") else {
             return bad("must be an absolute URI");
         };
-        let scheme_ok = scheme
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic())
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
         if !scheme_ok || rest.is_empty() {
             return bad("must be an absolute URI");
         }

@@ -41,16 +41,11 @@ impl ScopeSet {
     fn check_token(token: &str) -> Result<(), ValidationError> {
         let ok = !token.is_empty()
             && token.len() <= 128
-            && token
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            && token.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
         if ok {
             Ok(())
         } else {
-            Err(ValidationError {
-                what: "scope",
-                reason: format!("{token:?} is not a valid scope token"),
-            })
+            Err(ValidationError { what: "scope", reason: format!("{token:?} is not a valid scope token") })
         }
     }
 

@@ -79,20 +79,13 @@ pub fn peek_claims(token: &str) -> Result<Value, JwtError> {
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Malformed("expected three dot-separated parts".into()));
     };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| JwtError::Malformed("payload is not base64url".into()))?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed("payload is not base64url".into()))?;
     let claims: Value =
         serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed("payload is not JSON".into()))?;
-    if claims.is_object() {
-        Ok(claims)
-    } else {
-        Err(JwtError::Malformed("payload is not a JSON object".into()))
-    }
+    if claims.is_object() { Ok(claims) } else { Err(JwtError::Malformed("payload is not a JSON object".into())) }
 }
 
 /// Verifies a JWT against `keys` and `opts`; returns its claims.
@@ -132,20 +125,13 @@ fn allowed_alg(alg: jsonwebtoken::Algorithm) -> Result<Alg, JwtError> {
 }
 
 fn check_typ(found: Option<&str>, opts: &VerifyOptions<'_>) -> Result<(), JwtError> {
-    let wrong = || JwtError::WrongType {
-        found: found.map(str::to_owned),
-        expected: opts.typ.join(" or "),
-    };
+    let wrong = || JwtError::WrongType { found: found.map(str::to_owned), expected: opts.typ.join(" or ") };
     let Some(found) = found else {
         return if opts.typ_optional { Ok(()) } else { Err(wrong()) };
     };
     let lower = found.to_ascii_lowercase();
     let bare = lower.strip_prefix("application/").unwrap_or(&lower);
-    if opts.typ.iter().any(|t| t.eq_ignore_ascii_case(bare)) {
-        Ok(())
-    } else {
-        Err(wrong())
-    }
+    if opts.typ.iter().any(|t| t.eq_ignore_ascii_case(bare)) { Ok(()) } else { Err(wrong()) }
 }
 
 fn select_key<'k>(keys: &'k [PublicKey], kid: Option<&str>, alg: Alg) -> Result<&'k PublicKey, JwtError> {
@@ -160,18 +146,11 @@ fn select_key<'k>(keys: &'k [PublicKey], kid: Option<&str>, alg: Alg) -> Result<
         }
     }
     .ok_or_else(|| JwtError::UnknownKey(kid.map(str::to_owned)))?;
-    if key.alg() == alg {
-        Ok(key)
-    } else {
-        Err(JwtError::AlgorithmMismatch)
-    }
+    if key.alg() == alg { Ok(key) } else { Err(JwtError::AlgorithmMismatch) }
 }
 
 fn check_claims(claims: &Value, opts: &VerifyOptions<'_>) -> Result<(), JwtError> {
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_i64)
-        .ok_or(JwtError::MissingClaim("exp"))?;
+    let exp = claims.get("exp").and_then(Value::as_i64).ok_or(JwtError::MissingClaim("exp"))?;
     if opts.now > exp + opts.leeway_secs {
         return Err(JwtError::Expired);
     }
@@ -202,10 +181,7 @@ fn check_claims(claims: &Value, opts: &VerifyOptions<'_>) -> Result<(), JwtError
 fn audience_matches(aud: Option<&Value>, accepted: &[&str]) -> bool {
     match aud {
         Some(Value::String(one)) => accepted.contains(&one.as_str()),
-        Some(Value::Array(many)) => many
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| accepted.contains(&a)),
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).any(|a| accepted.contains(&a)),
         _ => false,
     }
 }
@@ -222,9 +198,7 @@ pub(crate) fn self_test() -> Result<(), KeyError> {
         now: 1,
         leeway_secs: 0,
     };
-    verify_jwt(&token, &[key.public().clone()], &opts)
-        .map(|_| ())
-        .map_err(|e| KeyError::SelfTest(e.to_string()))
+    verify_jwt(&token, &[key.public().clone()], &opts).map(|_| ()).map_err(|e| KeyError::SelfTest(e.to_string()))
 }
 
 #[cfg(test)]
@@ -280,7 +254,8 @@ mod tests {
         assert!(matches!(verify_jwt(&wrong_typ, &keys, &opts(150)), Err(JwtError::WrongType { .. })));
         let app_typ = sign_jwt(&key, "application/at+jwt", &claims()).unwrap();
         assert!(verify_jwt(&app_typ, &keys, &opts(150)).is_ok());
-        let no_exp = sign_jwt(&key, "at+jwt", &json!({"iss": "https://as.example", "aud": "https://api.example"})).unwrap();
+        let no_exp =
+            sign_jwt(&key, "at+jwt", &json!({"iss": "https://as.example", "aud": "https://api.example"})).unwrap();
         assert_eq!(verify_jwt(&no_exp, &keys, &opts(150)), Err(JwtError::MissingClaim("exp")));
     }
 
@@ -311,10 +286,7 @@ mod tests {
         let key = SigningKey::generate(Alg::EdDSA).unwrap();
         let other = SigningKey::generate(Alg::EdDSA).unwrap();
         let token = sign_jwt(&key, "at+jwt", &claims()).unwrap();
-        assert!(matches!(
-            verify_jwt(&token, &[other.public().clone()], &opts(150)),
-            Err(JwtError::UnknownKey(_))
-        ));
+        assert!(matches!(verify_jwt(&token, &[other.public().clone()], &opts(150)), Err(JwtError::UnknownKey(_))));
         let (head, _) = token.rsplit_once('.').unwrap();
         let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode(other.sign(head.as_bytes()).unwrap()));
         assert_eq!(verify_jwt(&forged, &[key.public().clone()], &opts(150)), Err(JwtError::BadSignature));

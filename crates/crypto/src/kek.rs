@@ -37,11 +37,7 @@ impl Kek {
     }
 
     pub fn from_base64(encoded: &str) -> Result<Self, KekError> {
-        let raw = Zeroizing::new(
-            STANDARD
-                .decode(encoded.trim())
-                .map_err(|_| KekError::BadEncoding)?,
-        );
+        let raw = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| KekError::BadEncoding)?);
         Self::from_bytes(&raw)
     }
 

@@ -2,9 +2,7 @@
 //! as `kid`. Key pairs are parsed once and kept, so signing is one aws-lc call.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::DecodingKey;
@@ -85,8 +83,9 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let document = match alg {
             Alg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?,
-            Alg::ES256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| KeyError::Generate)?,
+            Alg::ES256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| KeyError::Generate)?
+            }
         };
         Self::from_pkcs8(alg, document.as_ref())
     }
@@ -105,11 +104,7 @@ impl SigningKey {
                 (Signer::Ec(pair), public)
             }
         };
-        Ok(Self {
-            signer,
-            pkcs8: Zeroizing::new(der.to_vec()),
-            public: PublicKey::from_raw(alg, &raw_public)?,
-        })
+        Ok(Self { signer, pkcs8: Zeroizing::new(der.to_vec()), public: PublicKey::from_raw(alg, &raw_public)? })
     }
 
     pub fn kid(&self) -> &str {
@@ -133,10 +128,9 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.signer {
             Signer::Ed(pair) => Ok(pair.sign(message).as_ref().to_vec()),
-            Signer::Ec(pair) => pair
-                .sign(&SystemRandom::new(), message)
-                .map(|sig| sig.as_ref().to_vec())
-                .map_err(|_| KeyError::Sign),
+            Signer::Ec(pair) => {
+                pair.sign(&SystemRandom::new(), message).map(|sig| sig.as_ref().to_vec()).map_err(|_| KeyError::Sign)
+            }
         }
     }
 
@@ -161,10 +155,7 @@ pub struct PublicKey {
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublicKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("PublicKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -194,13 +185,7 @@ impl PublicKey {
             Alg::EdDSA => DecodingKey::from_ed_der(raw),
             Alg::ES256 => DecodingKey::from_ec_der(raw),
         };
-        Ok(Self {
-            kid,
-            alg,
-            raw: raw.to_vec(),
-            jwk,
-            decoding,
-        })
+        Ok(Self { kid, alg, raw: raw.to_vec(), jwk, decoding })
     }
 
     /// From a client's JWK. Only public Ed25519 (`OKP`) and P-256 (`EC`) keys are accepted; a JWK

@@ -15,9 +15,7 @@ pub fn random_token(prefix: &str) -> String {
 pub fn fill_random(buf: &mut [u8]) {
     // SystemRandom only fails when the OS has no entropy source; nothing sensible can continue then.
     #[allow(clippy::expect_used)]
-    SystemRandom::new()
-        .fill(buf)
-        .expect("the operating system's random number generator failed");
+    SystemRandom::new().fill(buf).expect("the operating system's random number generator failed");
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -52,10 +50,7 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_hex() {
-        assert_eq!(
-            hash_secret("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(constant_time_eq(b"same", b"same"));
         assert!(!constant_time_eq(b"same", b"diff"));
         assert!(!constant_time_eq(b"short", b"longer"));

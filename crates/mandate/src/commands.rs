@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use mandate_authz::Authz;
 use mandate_authz::registry::{self, NewAgent, NewClient, RecordKind};
-use mandate_core::{ClientAuthMethod, OAuthError};
+use mandate_core::OAuthError;
 use mandate_crypto::Alg;
 use mandate_store::EpochKind;
 use serde::Serialize;
@@ -186,13 +186,13 @@ pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result
 pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
         ClientCmd::Create { agent, auth, jwks, id, introspect } => {
-            let auth_method = ClientAuthMethod::parse(&auth)
-                .with_context(|| format!("--auth {auth:?}: use client_secret_basic, client_secret_post or private_key_jwt"))?;
             let jwks = match jwks {
-                Some(path) => Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?),
+                Some(path) => {
+                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+                }
                 None => None,
             };
-            let new = NewClient { agent, auth_method, jwks, client_id: id, can_introspect: introspect };
+            let new = NewClient { agent, auth_method: auth, jwks, client_id: id, can_introspect: introspect };
             let made = registry::create_client(authz, new, &correlation()).await?;
             let shown = json!({
                 "client_id": made.client.client_id,
@@ -254,9 +254,7 @@ pub async fn revoke(authz: &Authz, args: RevokeArgs, out: &Output) -> anyhow::Re
         (_, _, Some(c)) => (EpochKind::Client, c),
         _ => bail!("name one of --agent, --owner, --client"),
     };
-    let not_before = mandate_authz::revoke::revoke_subject(authz, kind, &name, &correlation())
-        .await
-        .map_err(oauth)?;
+    let not_before = mandate_authz::revoke::revoke_subject(authz, kind, &name, &correlation()).await.map_err(oauth)?;
     out.show(&json!({ kind.as_str(): name, "revoked_before": not_before }), || {
         format!("every token issued to {} {name} until now (epoch {not_before}) is revoked", kind.as_str())
     })
@@ -267,10 +265,7 @@ pub async fn keys(authz: &Authz, cmd: KeysCmd, out: &Output) -> anyhow::Result<(
         KeysCmd::Rotate { alg, activate_in } => {
             let alg = Alg::parse(&alg).with_context(|| format!("--alg {alg:?}: use EdDSA or ES256"))?;
             let lead = activate_in.unwrap_or(authz.config.key_publish_lead_secs).max(0);
-            let kid = authz
-                .keys
-                .rotate(&authz.log, alg, lead * 1000, authz.clock.now_ms(), &correlation())
-                .await?;
+            let kid = authz.keys.rotate(&authz.log, alg, lead * 1000, authz.clock.now_ms(), &correlation()).await?;
             out.show(&json!({"kid": kid, "alg": alg.as_str(), "activates_in_secs": lead}), || {
                 format!("new {} key {kid} is published now and signs in {lead} s", alg.as_str())
             })
@@ -322,7 +317,9 @@ pub fn verify_audit(args: &VerifyArgs, json: bool) -> anyhow::Result<std::proces
             format!("OK: {} entries, {} checkpoints verified", report.entries, report.checkpoints),
             json!({"ok": true, "entries": report.entries, "checkpoints": report.checkpoints, "root": hex::encode(report.root)}),
         ),
-        Err(e) => (false, format!("FAIL: {e}"), json!({"ok": false, "error": e.to_string(), "line": e.line, "seq": e.seq})),
+        Err(e) => {
+            (false, format!("FAIL: {e}"), json!({"ok": false, "error": e.to_string(), "line": e.line, "seq": e.seq}))
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);

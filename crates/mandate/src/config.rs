@@ -63,16 +63,17 @@ impl Settings {
             }
             let key = key.to_ascii_lowercase();
             let typed = match key.as_str() {
-                "access_token_ttl_secs" | "key_publish_lead_secs" | "audit_checkpoint_events" | "audit_checkpoint_ms" => {
+                "access_token_ttl_secs"
+                | "key_publish_lead_secs"
+                | "audit_checkpoint_events"
+                | "audit_checkpoint_ms" => {
                     toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
                 }
                 _ => toml::Value::String(value),
             };
             table.insert(key, typed);
         }
-        table
-            .try_into()
-            .context("unknown or invalid MANDATE_* environment variable")
+        table.try_into().context("unknown or invalid MANDATE_* environment variable")
     }
 
     /// `other`'s values win where set.
@@ -101,9 +102,7 @@ impl Settings {
     }
 
     pub fn database_url(&self) -> String {
-        self.database
-            .clone()
-            .unwrap_or_else(|| self.data_dir().join("mandate.db").to_string_lossy().into_owned())
+        self.database.clone().unwrap_or_else(|| self.data_dir().join("mandate.db").to_string_lossy().into_owned())
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -138,7 +137,10 @@ mod tests {
 
     #[test]
     fn layers_override_in_order() {
-        let file = Settings::from_toml("listen = \"127.0.0.1:9000\"\ntrust_domain = \"file.example\"\naccess_token_ttl_secs = 600").unwrap();
+        let file = Settings::from_toml(
+            "listen = \"127.0.0.1:9000\"\ntrust_domain = \"file.example\"\naccess_token_ttl_secs = 600",
+        )
+        .unwrap();
         let from_env = Settings::from_env(env(&[("MANDATE_TRUST_DOMAIN", "env.example"), ("PATH", "/bin")])).unwrap();
         let flags = Settings { listen: Some("127.0.0.1:7000".parse().unwrap()), ..Settings::default() };
         let merged = Settings::default().overlay(file).overlay(from_env).overlay(flags);

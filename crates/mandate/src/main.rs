@@ -91,7 +91,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     init_logging(&settings);
     match cli.command {
         Command::Serve(args) => {
-            let settings = settings.overlay(Settings { listen: args.listen, issuer: args.issuer, ..Settings::default() });
+            let settings =
+                settings.overlay(Settings { listen: args.listen, issuer: args.issuer, ..Settings::default() });
             serve::serve(settings).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -15,9 +15,8 @@ const KEY_REFRESH: Duration = Duration::from_secs(5);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(settings.listen())
-        .await
-        .with_context(|| format!("binding {}", settings.listen()))?;
+    let listener =
+        TcpListener::bind(settings.listen()).await.with_context(|| format!("binding {}", settings.listen()))?;
     let bound = listener.local_addr()?;
     let issuer = settings.issuer.clone().unwrap_or_else(|| format!("http://{bound}"));
     let authz = setup::open(&settings, issuer).await?;
@@ -37,10 +36,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let upkeep = tokio::spawn(upkeep(authz.clone()));
     let state = AppState { authz: authz.clone(), admin_token_hash: admin_hash.into() };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     upkeep.abort();
     authz.log.checkpoint().await.context("final audit checkpoint")?;
     tracing::info!("stopped");

@@ -32,9 +32,8 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
         .await
         .with_context(|| format!("opening database {}", redact_url(&settings.database_url())))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keys = Keyring::open(&store, kek, clock.now_ms(), MAX_ACCESS_TOKEN_TTL_SECS)
-        .await
-        .context("loading signing keys")?;
+    let keys =
+        Keyring::open(&store, kek, clock.now_ms(), MAX_ACCESS_TOKEN_TTL_SECS).await.context("loading signing keys")?;
     let trust_domain = TrustDomain::parse(settings.trust_domain())?;
     let stored_origin = store.setting(SETTING_AUDIT_ORIGIN).await?;
     let origin = stored_origin.clone().unwrap_or_else(|| format!("{trust_domain}/audit"));
@@ -98,7 +97,12 @@ fn load_kek(data_dir: &Path) -> anyhow::Result<Kek> {
     if path.exists() {
         let mode = fs::metadata(&path)?.permissions().mode();
         if mode & 0o077 != 0 {
-            bail!("{} is readable by group or others (mode {:o}); run: chmod 600 {}", path.display(), mode & 0o777, path.display());
+            bail!(
+                "{} is readable by group or others (mode {:o}); run: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
         }
         let encoded = zeroize::Zeroizing::new(fs::read_to_string(&path)?);
         return Kek::from_base64(&encoded).with_context(|| format!("reading {}", path.display()));

@@ -57,7 +57,8 @@ impl FromRequestParts<AppState> for Admin {
         }
         let event = AuditEvent::allow("admin.authenticate", &correlation);
         record_refusal(&state.authz, event, OAuthError::invalid_client("missing or wrong admin credential")).await;
-        let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer credential required");
+        let mut response =
+            error(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer credential required").into_response();
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mandate-admin\""));
@@ -65,13 +66,26 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn error(status: StatusCode, code: &str, description: &str) -> Response {
-    (status, Json(json!({"error": code, "error_description": description}))).into_response()
+/// An admin API error body: `{"error": code, "error_description": …}`.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: String,
+    description: String,
 }
 
-type ApiResult = Result<Response, Response>;
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.code, "error_description": self.description}))).into_response()
+    }
+}
 
-fn registry_error(e: RegistryError) -> Response {
+fn error(status: StatusCode, code: &str, description: &str) -> ApiError {
+    ApiError { status, code: code.to_owned(), description: description.to_owned() }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn registry_error(e: RegistryError) -> ApiError {
     match &e {
         RegistryError::Invalid(why) => error(StatusCode::BAD_REQUEST, "invalid_request", why),
         RegistryError::Refused(MutationError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
@@ -80,7 +94,7 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-fn store_error(e: StoreError) -> Response {
+fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure");
     error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "storage is unavailable")
 }
@@ -174,16 +188,9 @@ async fn get_client(_: Admin, State(s): State<AppState>, Path(id): Path<String>)
 }
 
 async fn create_client(admin: Admin, State(s): State<AppState>, Json(body): Json<ClientBody>) -> ApiResult {
-    let auth_method = ClientAuthMethod::parse(&body.token_endpoint_auth_method).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "token_endpoint_auth_method must be client_secret_basic, client_secret_post or private_key_jwt",
-        )
-    })?;
     let new = NewClient {
         agent: body.agent,
-        auth_method,
+        auth_method: body.token_endpoint_auth_method,
         jwks: body.jwks.map(|j| j.to_string()),
         client_id: body.client_id,
         can_introspect: body.can_introspect,
@@ -246,7 +253,10 @@ async fn revoke_subject(admin: Admin, State(s): State<AppState>, Json(body): Jso
         (None, Some(o), None) => (EpochKind::Owner, o),
         (None, None, Some(c)) => (EpochKind::Client, c),
         _ => {
-            return Err(error(StatusCode::BAD_REQUEST, "invalid_request", "name exactly one of agent, owner, client"));
+            let refusal = OAuthError::invalid_request("name exactly one of agent, owner, client");
+            let event = AuditEvent::allow("revoke", &admin.correlation);
+            let refusal = record_refusal(&s.authz, event, refusal).await;
+            return Err(error(StatusCode::BAD_REQUEST, refusal.code.as_str(), &refusal.description));
         }
     };
     match revoke::revoke_subject(&s.authz, kind, &name, &admin.correlation).await {

@@ -48,9 +48,7 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     let body = state.authz.keys.jwks();
     let mut response = cacheable(Json(body.as_ref()).into_response(), 60);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
     response
 }
 

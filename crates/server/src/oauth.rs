@@ -44,9 +44,7 @@ async fn token_flow(
         scope: form.take("scope"),
         presented,
     };
-    mandate_authz::token::token(&state.authz, request, correlation)
-        .await
-        .map_err(|e| challenge(e, basic))
+    mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))
 }
 
 pub(crate) async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -69,9 +67,7 @@ pub(crate) async fn revoke(State(state): State<AppState>, headers: HeaderMap, bo
     let correlation = correlation_id(&headers);
     let result = async {
         let (caller, token) = caller_and_token(&state, &headers, body, "token.revoke", &correlation).await?;
-        mandate_authz::revoke::revoke_token(&state.authz, &caller, &token, &correlation)
-            .await
-            .map_err(OAuthReply::from)
+        mandate_authz::revoke::revoke_token(&state.authz, &caller, &token, &correlation).await.map_err(OAuthReply::from)
     }
     .await;
     let response = match result {
@@ -103,7 +99,7 @@ async fn caller_and_token(
                 Ok(client) => client,
                 Err(e) => return Err(refuse(state, action, correlation, challenge(e, basic)).await),
             };
-            Caller::Client(client)
+            Caller::Client(Box::new(client))
         }
     };
     let token = form.take("token").filter(|t| !t.is_empty());
@@ -135,7 +131,8 @@ fn presented_credentials(headers: &HeaderMap, form: &mut Form) -> Result<Present
         return Ok(Presented::Secret { client_id: id, secret, method: ClientAuthMethod::ClientSecretBasic });
     }
     if let Some(secret) = secret {
-        let client_id = client_id.ok_or_else(|| OAuthError::invalid_request("client_id is required with client_secret"))?;
+        let client_id =
+            client_id.ok_or_else(|| OAuthError::invalid_request("client_id is required with client_secret"))?;
         return Ok(Presented::Secret {
             client_id,
             secret: Zeroizing::new(secret),
@@ -144,7 +141,10 @@ fn presented_credentials(headers: &HeaderMap, form: &mut Form) -> Result<Present
     }
     if let Some(assertion) = assertion {
         if assertion_type.as_deref() != Some(ASSERTION_TYPE_JWT_BEARER) {
-            return Err(OAuthError::invalid_request(format!("client_assertion_type must be {ASSERTION_TYPE_JWT_BEARER}")).into());
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type must be {ASSERTION_TYPE_JWT_BEARER}"
+            ))
+            .into());
         }
         return Ok(Presented::Assertion { client_id, assertion });
     }
@@ -180,10 +180,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, Zeroizing<St
 
 fn form_decode(raw: &str) -> Option<String> {
     let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -199,7 +196,12 @@ fn challenge(error: OAuthError, basic: bool) -> OAuthReply {
 }
 
 /// Passes a value through, or audits the refusal and returns it.
-async fn audited<T>(state: &AppState, action: &str, correlation: &str, result: Result<T, OAuthReply>) -> Result<T, OAuthReply> {
+async fn audited<T>(
+    state: &AppState,
+    action: &str,
+    correlation: &str,
+    result: Result<T, OAuthReply>,
+) -> Result<T, OAuthReply> {
     match result {
         Ok(value) => Ok(value),
         Err(reply) => Err(refuse(state, action, correlation, reply).await),

@@ -76,11 +76,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies each job's mutation and appends its event, all in one durable transaction.
     /// A job whose mutation fails is rolled back alone and its event is logged as a refusal.
-    async fn commit(
-        &self,
-        jobs: Vec<WriteJob>,
-        encoder: std::sync::Arc<dyn EntryEncoder>,
-    ) -> Result<Vec<JobOutcome>>;
+    async fn commit(&self, jobs: Vec<WriteJob>, encoder: std::sync::Arc<dyn EntryEncoder>) -> Result<Vec<JobOutcome>>;
 
     /// Number of entries in the audit log.
     async fn audit_len(&self) -> Result<u64>;
@@ -99,16 +95,12 @@ pub trait Store: Send + Sync + 'static {
 /// `sqlite://PATH` or a plain path. Migrations run on open.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(
-            PostgresStore::connect(url, None).await?,
-        ))
+        Ok(std::sync::Arc::new(PostgresStore::connect(url, None).await?))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         if path.is_empty() || url.contains("://") && !url.starts_with("sqlite://") {
             return Err(StoreError::BadUrl(url.to_owned()));
         }
-        Ok(std::sync::Arc::new(SqliteStore::open(
-            std::path::Path::new(path),
-        )?))
+        Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path))?))
     }
 }

@@ -7,19 +7,14 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/sqlite/V1__init.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../migrations/sqlite/V1__init.sql") }];
 
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/postgres/V1__init.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../migrations/postgres/V1__init.sql") }];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
     (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";
 
 pub(crate) const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
-pub(crate) const RECORD_VERSION: &str =
-    "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, 0)";
+pub(crate) const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, 0)";

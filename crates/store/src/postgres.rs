@@ -48,30 +48,19 @@ impl PostgresStore {
     /// Connects to the database at `url` and brings its schema up to date. With `schema`, every
     /// connection works in that schema, which is created if missing.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
-        let mut config = Config::from_str(url)
-            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut config =
+            Config::from_str(url).map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
         if let Some(schema) = schema {
             check_schema(schema)?;
-            let options = config
-                .get_options()
-                .map(|o| format!("{o} "))
-                .unwrap_or_default();
+            let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
             config.options(format!("{options}-c search_path={schema}"));
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool =
+            Pool::builder(manager).max_size(POOL_SIZE).build().map_err(|e| StoreError::Database(e.to_string()))?;
         let mut client = pool.get().await.map_err(pool_error)?;
         let schema_key = migrate(&mut client, schema).await?;
         Ok(Self { pool, schema_key })
@@ -87,30 +76,12 @@ impl PostgresStore {
         Ok(client.query(&stmt, params).await?)
     }
 
-    async fn query_all<T>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-        decode: Decode<T>,
-    ) -> Result<Vec<T>> {
-        self.rows(sql, params)
-            .await?
-            .iter()
-            .map(|row| decode(row))
-            .collect()
+    async fn query_all<T>(&self, sql: &str, params: &[Param<'_>], decode: Decode<T>) -> Result<Vec<T>> {
+        self.rows(sql, params).await?.iter().map(|row| decode(row)).collect()
     }
 
-    async fn query_one<T>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-        decode: Decode<T>,
-    ) -> Result<Option<T>> {
-        self.rows(sql, params)
-            .await?
-            .first()
-            .map(|row| decode(row))
-            .transpose()
+    async fn query_one<T>(&self, sql: &str, params: &[Param<'_>], decode: Decode<T>) -> Result<Option<T>> {
+        self.rows(sql, params).await?.first().map(|row| decode(row)).transpose()
     }
 
     async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
@@ -125,12 +96,7 @@ impl PostgresStore {
         let lock = tx.prepare_cached(LOCK).await?;
         tx.execute(&lock, &[&COMMIT_LOCK, &self.schema_key]).await?;
         let head = tx.prepare_cached(write::HEAD).await?;
-        Ok(tx
-            .query_opt(&head, &[])
-            .await?
-            .map(|row| Chain::after(&row))
-            .transpose()?
-            .unwrap_or_default())
+        Ok(tx.query_opt(&head, &[]).await?.map(|row| Chain::after(&row)).transpose()?.unwrap_or_default())
     }
 }
 
@@ -146,16 +112,12 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 fn check_schema(schema: &str) -> Result<()> {
     let mut chars = schema.chars();
     let valid = schema.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if valid {
         Ok(())
     } else {
-        Err(StoreError::Config(format!(
-            "invalid schema name {schema:?}: use [a-z_][a-z0-9_]*, at most 63 characters"
-        )))
+        Err(StoreError::Config(format!("invalid schema name {schema:?}: use [a-z_][a-z0-9_]*, at most 63 characters")))
     }
 }
 
@@ -163,19 +125,12 @@ fn check_schema(schema: &str) -> Result<()> {
 /// replicas starting together do this once. Returns the schema's lock key.
 async fn migrate(client: &mut deadpool_postgres::Client, schema: Option<&str>) -> Result<i32> {
     let tx = client.transaction().await?;
-    let key: Option<i32> = tx
-        .query_one(
-            "SELECT hashtext(COALESCE($1::text, current_schema()::text))",
-            &[&schema],
-        )
-        .await?
-        .try_get(0)?;
-    let key =
-        key.ok_or_else(|| StoreError::Config("the search_path names no existing schema".into()))?;
+    let key: Option<i32> =
+        tx.query_one("SELECT hashtext(COALESCE($1::text, current_schema()::text))", &[&schema]).await?.try_get(0)?;
+    let key = key.ok_or_else(|| StoreError::Config("the search_path names no existing schema".into()))?;
     tx.execute(LOCK, &[&MIGRATE_LOCK, &key]).await?;
     if let Some(schema) = schema {
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .await?;
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
     }
     tx.batch_execute(CREATE_TABLE).await?;
     let current: i64 = tx.query_one(CURRENT_VERSION, &[]).await?.try_get(0)?;
@@ -240,8 +195,7 @@ impl Store for PostgresStore {
     }
 
     async fn resource(&self, key: &str) -> Result<Option<Resource>> {
-        self.query_one(read::RESOURCE, &[&key], read::resource)
-            .await
+        self.query_one(read::RESOURCE, &[&key], read::resource).await
     }
 
     async fn resources(&self) -> Result<Vec<Resource>> {
@@ -251,10 +205,7 @@ impl Store for PostgresStore {
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
         let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();
-        Ok(self
-            .query_one(EPOCHS, &[&kinds, &names], |row| row.opt_int(0))
-            .await?
-            .flatten())
+        Ok(self.query_one(EPOCHS, &[&kinds, &names], |row| row.opt_int(0)).await?.flatten())
     }
 
     async fn is_token_revoked(&self, jti: &str) -> Result<bool> {
@@ -269,11 +220,7 @@ impl Store for PostgresStore {
         self.query_one(read::SETTING, &[&key], read::text).await
     }
 
-    async fn commit(
-        &self,
-        jobs: Vec<WriteJob>,
-        encoder: Arc<dyn EntryEncoder>,
-    ) -> Result<Vec<JobOutcome>> {
+    async fn commit(&self, jobs: Vec<WriteJob>, encoder: Arc<dyn EntryEncoder>) -> Result<Vec<JobOutcome>> {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await?;
         let mut chain = self.lock_log(&tx).await?;
@@ -285,15 +232,7 @@ impl Store for PostgresStore {
                 Some(mutation) => apply(&mut tx, mutation).await?,
             };
             let (entry, outcome) = chain.append(job.event, job.ts_ms, result, encoder.as_ref());
-            tx.execute(
-                &append,
-                &[
-                    &to_i64(outcome.seq)?,
-                    &entry.leaf_hash.as_slice(),
-                    &entry.canonical,
-                ],
-            )
-            .await?;
+            tx.execute(&append, &[&to_i64(outcome.seq)?, &entry.leaf_hash.as_slice(), &entry.canonical]).await?;
             outcomes.push(outcome);
         }
         tx.commit().await?;
@@ -306,32 +245,20 @@ impl Store for PostgresStore {
     }
 
     async fn audit_entries(&self, from: u64, to: u64) -> Result<Vec<StoredEntry>> {
-        self.query_all(
-            read::AUDIT_ENTRIES,
-            &[&to_i64(from)?, &to_i64(to)?],
-            read::entry,
-        )
-        .await
+        self.query_all(read::AUDIT_ENTRIES, &[&to_i64(from)?, &to_i64(to)?], read::entry).await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
-        self.query_one(read::LATEST_CHECKPOINT, &[], read::checkpoint)
-            .await
+        self.query_one(read::LATEST_CHECKPOINT, &[], read::checkpoint).await
     }
 
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>> {
-        self.query_all(read::CHECKPOINTS, &[], read::checkpoint)
-            .await
+        self.query_all(read::CHECKPOINTS, &[], read::checkpoint).await
     }
 
     async fn insert_checkpoint(&self, cp: &StoredCheckpoint) -> Result<()> {
-        let params: [Param<'_>; 5] = [
-            &to_i64(cp.tree_size)?,
-            &cp.root.as_slice(),
-            &cp.note,
-            &frontier_to_text(&cp.frontier),
-            &cp.created_at_ms,
-        ];
+        let params: [Param<'_>; 5] =
+            [&to_i64(cp.tree_size)?, &cp.root.as_slice(), &cp.note, &frontier_to_text(&cp.frontier), &cp.created_at_ms];
         self.execute(write::INSERT_CHECKPOINT, &params).await?;
         Ok(())
     }
@@ -345,10 +272,7 @@ impl Store for PostgresStore {
 
 /// Runs one mutation in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing behind; any other
 /// failure fails the whole commit.
-async fn apply(
-    tx: &mut Transaction<'_>,
-    mutation: &Mutation,
-) -> Result<std::result::Result<(), MutationError>> {
+async fn apply(tx: &mut Transaction<'_>, mutation: &Mutation) -> Result<std::result::Result<(), MutationError>> {
     let step = Step::of(mutation);
     let params: Vec<Param<'_>> = step.params.iter().map(bind).collect();
     let stmt = tx.prepare_cached(step.sql).await?;
@@ -394,16 +318,7 @@ mod tests {
         for good in ["mandate", "_x", "mt_0a9f", &"a".repeat(63)] {
             assert!(check_schema(good).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "Mandate",
-            "9lives",
-            "a-b",
-            "a;drop schema public",
-            "a b",
-            "é",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "Mandate", "9lives", "a-b", "a;drop schema public", "a b", "é", &"a".repeat(64)] {
             assert!(check_schema(bad).is_err(), "{bad}");
         }
     }

@@ -6,9 +6,7 @@
 //! order of first appearance: PostgreSQL binds them by number, SQLite numbers `$NAME`
 //! parameters in the order they appear, and the two agree only while that order holds.
 
-use mandate_core::{
-    Agent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, SpiffeId, TrustDomain,
-};
+use mandate_core::{Agent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, SpiffeId, TrustDomain};
 
 use crate::types::*;
 use crate::{Result, StoreError};
@@ -28,16 +26,10 @@ pub(crate) type Decode<T> = fn(&dyn Columns) -> Result<T>;
 
 macro_rules! select {
     (owners $tail:literal) => {
-        concat!(
-            "SELECT name, display_name, created_at_ms FROM owners ",
-            $tail
-        )
+        concat!("SELECT name, display_name, created_at_ms FROM owners ", $tail)
     };
     (agents $tail:literal) => {
-        concat!(
-            "SELECT name, owner, spiffe_id, scopes, created_at_ms FROM agents ",
-            $tail
-        )
+        concat!("SELECT name, owner, spiffe_id, scopes, created_at_ms FROM agents ", $tail)
     };
     (clients $tail:literal) => {
         concat!(
@@ -50,10 +42,7 @@ macro_rules! select {
         concat!("SELECT uri, scopes, created_at_ms FROM resources ", $tail)
     };
     (checkpoints $tail:literal) => {
-        concat!(
-            "SELECT tree_size, root, note, frontier, created_at_ms FROM audit_checkpoints ",
-            $tail
-        )
+        concat!("SELECT tree_size, root, note, frontier, created_at_ms FROM audit_checkpoints ", $tail)
     };
 }
 
@@ -65,8 +54,7 @@ pub(crate) const CLIENT: &str = select!(clients "WHERE client_id = $1");
 pub(crate) const CLIENTS: &str = select!(clients "ORDER BY client_id");
 pub(crate) const RESOURCE: &str = select!(resources "WHERE uri = $1");
 pub(crate) const RESOURCES: &str = select!(resources "ORDER BY uri");
-pub(crate) const EPOCH: &str =
-    "SELECT not_before FROM revocation_epochs WHERE kind = $1 AND name = $2";
+pub(crate) const EPOCH: &str = "SELECT not_before FROM revocation_epochs WHERE kind = $1 AND name = $2";
 pub(crate) const TOKEN_REVOKED: &str = "SELECT 1 FROM revoked_tokens WHERE jti = $1";
 pub(crate) const SIGNING_KEYS: &str = "SELECT kid, purpose, alg, sealed, created_at_ms, \
     activate_at_ms, retire_at_ms FROM signing_keys ORDER BY activate_at_ms, kid";
@@ -90,11 +78,7 @@ fn hash(row: &dyn Columns, idx: usize, what: &str) -> Result<[u8; 32]> {
 }
 
 pub(crate) fn owner(row: &dyn Columns) -> Result<Owner> {
-    Ok(Owner {
-        name: name(row, 0)?,
-        display_name: row.opt_text(1)?,
-        created_at_ms: row.int(2)?,
-    })
+    Ok(Owner { name: name(row, 0)?, display_name: row.opt_text(1)?, created_at_ms: row.int(2)? })
 }
 
 pub(crate) fn agent(row: &dyn Columns) -> Result<Agent> {
@@ -124,8 +108,7 @@ pub(crate) fn client(row: &dyn Columns) -> Result<Client> {
     Ok(Client {
         client_id: row.text(0)?,
         agent: name(row, 1)?,
-        auth_method: ClientAuthMethod::parse(&method)
-            .ok_or_else(|| corrupt(format!("auth method {method}")))?,
+        auth_method: ClientAuthMethod::parse(&method).ok_or_else(|| corrupt(format!("auth method {method}")))?,
         secret_hash: row.opt_text(3)?,
         jwks: row.opt_text(4)?,
         can_introspect: row.boolean(5)?,
@@ -158,18 +141,13 @@ pub(crate) fn checkpoint(row: &dyn Columns) -> Result<StoredCheckpoint> {
         tree_size: to_u64(row.int(0)?)?,
         root: hash(row, 1, "checkpoint root")?,
         note: row.text(2)?,
-        frontier: frontier_from_text(&row.text(3)?)
-            .ok_or_else(|| corrupt("checkpoint frontier"))?,
+        frontier: frontier_from_text(&row.text(3)?).ok_or_else(|| corrupt("checkpoint frontier"))?,
         created_at_ms: row.int(4)?,
     })
 }
 
 pub(crate) fn entry(row: &dyn Columns) -> Result<StoredEntry> {
-    Ok(StoredEntry {
-        seq: to_u64(row.int(0)?)?,
-        leaf_hash: hash(row, 1, "leaf hash")?,
-        canonical: row.text(2)?,
-    })
+    Ok(StoredEntry { seq: to_u64(row.int(0)?)?, leaf_hash: hash(row, 1, "leaf hash")?, canonical: row.text(2)? })
 }
 
 pub(crate) fn text(row: &dyn Columns) -> Result<String> {

@@ -45,13 +45,7 @@ impl SqliteStore {
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) }) })
     }
 
     /// Runs a short read on a free reader connection. Reads are point lookups of a few
@@ -111,12 +105,7 @@ impl Columns for Row<'_> {
     }
 }
 
-fn query_all<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl Params,
-    decode: Decode<T>,
-) -> Result<Vec<T>> {
+fn query_all<T>(conn: &Connection, sql: &str, params: impl Params, decode: Decode<T>) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     let mut all = Vec::new();
@@ -126,12 +115,7 @@ fn query_all<T>(
     Ok(all)
 }
 
-fn query_one<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl Params,
-    decode: Decode<T>,
-) -> Result<Option<T>> {
+fn query_one<T>(conn: &Connection, sql: &str, params: impl Params, decode: Decode<T>) -> Result<Option<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     rows.next()?.map(|row| decode(row)).transpose()
@@ -175,12 +159,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut latest = None;
             for (kind, subject) in subjects {
-                latest = latest.max(query_one(
-                    c,
-                    read::EPOCH,
-                    [kind.as_str(), *subject],
-                    read::int,
-                )?);
+                latest = latest.max(query_one(c, read::EPOCH, [kind.as_str(), *subject], read::int)?);
             }
             Ok(latest)
         })
@@ -198,17 +177,11 @@ impl Store for SqliteStore {
         self.read(|c| query_one(c, read::SETTING, [key], read::text))
     }
 
-    async fn commit(
-        &self,
-        jobs: Vec<WriteJob>,
-        encoder: Arc<dyn EntryEncoder>,
-    ) -> Result<Vec<JobOutcome>> {
+    async fn commit(&self, jobs: Vec<WriteJob>, encoder: Arc<dyn EntryEncoder>) -> Result<Vec<JobOutcome>> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            commit_sync(&mut inner.writer.lock(), jobs, encoder.as_ref())
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("writer task failed: {e}")))?
+        tokio::task::spawn_blocking(move || commit_sync(&mut inner.writer.lock(), jobs, encoder.as_ref()))
+            .await
+            .map_err(|e| StoreError::Database(format!("writer task failed: {e}")))?
     }
 
     async fn audit_len(&self) -> Result<u64> {
@@ -230,34 +203,25 @@ impl Store for SqliteStore {
 
     async fn insert_checkpoint(&self, cp: &StoredCheckpoint) -> Result<()> {
         let conn = self.inner.writer.lock();
-        conn.prepare_cached(write::INSERT_CHECKPOINT)?
-            .execute(params![
-                to_i64(cp.tree_size)?,
-                cp.root.as_slice(),
-                cp.note,
-                frontier_to_text(&cp.frontier),
-                cp.created_at_ms
-            ])?;
+        conn.prepare_cached(write::INSERT_CHECKPOINT)?.execute(params![
+            to_i64(cp.tree_size)?,
+            cp.root.as_slice(),
+            cp.note,
+            frontier_to_text(&cp.frontier),
+            cp.created_at_ms
+        ])?;
         Ok(())
     }
 
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let conn = self.inner.writer.lock();
-        let a = conn
-            .prepare_cached(write::PURGE_REVOKED)?
-            .execute([now_secs])?;
-        let b = conn
-            .prepare_cached(write::PURGE_USED_ONCE)?
-            .execute([now_secs])?;
+        let a = conn.prepare_cached(write::PURGE_REVOKED)?.execute([now_secs])?;
+        let b = conn.prepare_cached(write::PURGE_USED_ONCE)?.execute([now_secs])?;
         Ok((a + b) as u64)
     }
 }
 
-fn commit_sync(
-    conn: &mut Connection,
-    jobs: Vec<WriteJob>,
-    encoder: &dyn EntryEncoder,
-) -> Result<Vec<JobOutcome>> {
+fn commit_sync(conn: &mut Connection, jobs: Vec<WriteJob>, encoder: &dyn EntryEncoder) -> Result<Vec<JobOutcome>> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut chain = query_one(&tx, write::HEAD, [], Chain::after)?.unwrap_or_default();
     let mut outcomes = Vec::with_capacity(jobs.len());
@@ -280,16 +244,11 @@ fn commit_sync(
 
 /// Runs one mutation in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing behind; any other
 /// failure fails the whole commit.
-fn apply(
-    tx: &mut rusqlite::Transaction<'_>,
-    mutation: &Mutation,
-) -> Result<std::result::Result<(), MutationError>> {
+fn apply(tx: &mut rusqlite::Transaction<'_>, mutation: &Mutation) -> Result<std::result::Result<(), MutationError>> {
     let step = Step::of(mutation);
     let params: Vec<&dyn ToSql> = step.params.iter().map(bind).collect();
     let savepoint = tx.savepoint()?;
-    let ran = savepoint
-        .prepare_cached(step.sql)?
-        .execute(params.as_slice());
+    let ran = savepoint.prepare_cached(step.sql)?.execute(params.as_slice());
     let result = step.outcome(ran.map(|rows| rows > 0), violation)?;
     if result.is_ok() {
         savepoint.commit()?;
@@ -312,9 +271,7 @@ fn bind<'v>(value: &'v Value<'_>) -> &'v dyn ToSql {
 fn violation(e: &rusqlite::Error) -> Option<Violation> {
     match e.sqlite_error()?.extended_code {
         ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Some(Violation::ForeignKey),
-        ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE => {
-            Some(Violation::Unique)
-        }
+        ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE => Some(Violation::Unique),
         _ => None,
     }
 }

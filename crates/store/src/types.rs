@@ -147,25 +147,15 @@ pub(crate) fn scopes_to_text(scopes: &[String]) -> String {
 }
 
 pub(crate) fn scopes_from_text(text: &str) -> Vec<String> {
-    text.split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    text.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 pub(crate) fn frontier_to_text(frontier: &[[u8; 32]]) -> String {
-    frontier
-        .iter()
-        .map(hex::encode)
-        .collect::<Vec<_>>()
-        .join(",")
+    frontier.iter().map(hex::encode).collect::<Vec<_>>().join(",")
 }
 
 pub(crate) fn frontier_from_text(text: &str) -> Option<Vec<[u8; 32]>> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(hash_from_hex)
-        .collect()
+    text.split(',').filter(|s| !s.is_empty()).map(hash_from_hex).collect()
 }
 
 pub(crate) fn hash_from_hex(text: &str) -> Option<[u8; 32]> {

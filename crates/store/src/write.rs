@@ -62,17 +62,9 @@ impl<'a> Step<'a> {
             Mutation::CreateOwner(o) => Self::insert(
                 "INSERT INTO owners (name, display_name, created_at_ms) VALUES ($1, $2, $3)",
                 format!("owner {}", o.name),
-                vec![
-                    Text(o.name.as_str()),
-                    OptText(&o.display_name),
-                    Int(o.created_at_ms),
-                ],
+                vec![Text(o.name.as_str()), OptText(&o.display_name), Int(o.created_at_ms)],
             ),
-            Mutation::DeleteOwner(n) => Self::delete(
-                "DELETE FROM owners WHERE name = $1",
-                format!("owner {n}"),
-                n,
-            ),
+            Mutation::DeleteOwner(n) => Self::delete("DELETE FROM owners WHERE name = $1", format!("owner {n}"), n),
             Mutation::CreateAgent(a) => Self::insert(
                 "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -85,11 +77,7 @@ impl<'a> Step<'a> {
                     Int(a.created_at_ms),
                 ],
             ),
-            Mutation::DeleteAgent(n) => Self::delete(
-                "DELETE FROM agents WHERE name = $1",
-                format!("agent {n}"),
-                n,
-            ),
+            Mutation::DeleteAgent(n) => Self::delete("DELETE FROM agents WHERE name = $1", format!("agent {n}"), n),
             Mutation::CreateClient(c) => Self::insert(
                 "INSERT INTO clients \
                  (client_id, agent, auth_method, secret_hash, jwks, can_introspect, created_at_ms) \
@@ -105,50 +93,32 @@ impl<'a> Step<'a> {
                     Int(c.created_at_ms),
                 ],
             ),
-            Mutation::DeleteClient(id) => Self::delete(
-                "DELETE FROM clients WHERE client_id = $1",
-                format!("client {id}"),
-                id,
-            ),
+            Mutation::DeleteClient(id) => {
+                Self::delete("DELETE FROM clients WHERE client_id = $1", format!("client {id}"), id)
+            }
             Mutation::CreateResource(r) => Self::insert(
                 "INSERT INTO resources (uri, scopes, created_at_ms) VALUES ($1, $2, $3)",
                 format!("resource {}", r.uri),
-                vec![
-                    Text(r.uri.as_str()),
-                    OwnedText(scopes_to_text(&r.scopes)),
-                    Int(r.created_at_ms),
-                ],
+                vec![Text(r.uri.as_str()), OwnedText(scopes_to_text(&r.scopes)), Int(r.created_at_ms)],
             ),
-            Mutation::DeleteResource(u) => Self::delete(
-                "DELETE FROM resources WHERE uri = $1",
-                format!("resource {u}"),
-                u,
-            ),
+            Mutation::DeleteResource(u) => {
+                Self::delete("DELETE FROM resources WHERE uri = $1", format!("resource {u}"), u)
+            }
             // Raises the epoch only: a lower one leaves the row as it is.
-            Mutation::RevokeBefore {
-                kind,
-                name,
-                not_before_secs,
-            } => Self::insert(
+            Mutation::RevokeBefore { kind, name, not_before_secs } => Self::insert(
                 "INSERT INTO revocation_epochs (kind, name, not_before) VALUES ($1, $2, $3) \
                  ON CONFLICT (kind, name) DO UPDATE SET not_before = excluded.not_before \
                  WHERE excluded.not_before > revocation_epochs.not_before",
                 "revocation epoch".into(),
                 vec![Text(kind.as_str()), Text(name), Int(*not_before_secs)],
             ),
-            Mutation::RevokeToken {
-                jti,
-                expires_at_secs,
-            } => Self::insert(
+            Mutation::RevokeToken { jti, expires_at_secs } => Self::insert(
                 "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) \
                  ON CONFLICT (jti) DO NOTHING",
                 "revoked token".into(),
                 vec![Text(jti), Int(*expires_at_secs)],
             ),
-            Mutation::ConsumeOnce {
-                id,
-                expires_at_secs,
-            } => Self::insert(
+            Mutation::ConsumeOnce { id, expires_at_secs } => Self::insert(
                 "INSERT INTO used_once (id, expires_at) VALUES ($1, $2)",
                 "one-time identifier was already used".into(),
                 vec![Text(id), Int(*expires_at_secs)],
@@ -184,21 +154,11 @@ impl<'a> Step<'a> {
     }
 
     fn insert(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
-        Self {
-            sql,
-            params,
-            kind: Kind::Insert,
-            what,
-        }
+        Self { sql, params, kind: Kind::Insert, what }
     }
 
     fn delete(sql: &'static str, what: String, key: &'a str) -> Self {
-        Self {
-            sql,
-            params: vec![Value::Text(key)],
-            kind: Kind::Delete,
-            what,
-        }
+        Self { sql, params: vec![Value::Text(key)], kind: Kind::Delete, what }
     }
 
     /// The job's result once its statement ran: whether it changed any row, or the error it
@@ -220,9 +180,7 @@ impl<'a> Step<'a> {
 
     fn changed(&self, any_row: bool) -> std::result::Result<(), MutationError> {
         match self.kind {
-            Kind::Delete | Kind::Update if !any_row => {
-                Err(MutationError::NotFound(self.what.clone()))
-            }
+            Kind::Delete | Kind::Update if !any_row => Err(MutationError::NotFound(self.what.clone())),
             _ => Ok(()),
         }
     }
@@ -270,14 +228,7 @@ impl Chain {
             Err(e) => event.refused(e.reason(), &e.to_string()),
         };
         let seq = self.next_seq;
-        let entry = encoder.encode(
-            &EntryPosition {
-                seq,
-                prev: self.prev,
-                ts_ms,
-            },
-            &event,
-        );
+        let entry = encoder.encode(&EntryPosition { seq, prev: self.prev, ts_ms }, &event);
         self.prev = entry.leaf_hash;
         self.next_seq += 1;
         (entry, JobOutcome { seq, result })

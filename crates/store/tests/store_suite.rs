@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use mandate_core::{
-    Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, TrustDomain,
-};
+use mandate_core::{Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, TrustDomain};
 use mandate_store::*;
 
 /// A stand-in encoder: the store only needs a deterministic hash that depends on the position.
@@ -27,27 +25,16 @@ impl EntryEncoder for TestEncoder {
         for (i, b) in canonical.bytes().enumerate() {
             leaf_hash[i % 32] = leaf_hash[i % 32].wrapping_mul(31).wrapping_add(b);
         }
-        EncodedEntry {
-            canonical,
-            leaf_hash,
-        }
+        EncodedEntry { canonical, leaf_hash }
     }
 }
 
 fn job(mutation: Option<Mutation>, action: &str) -> WriteJob {
-    WriteJob {
-        mutation,
-        event: AuditEvent::allow(action, "corr"),
-        ts_ms: 1,
-    }
+    WriteJob { mutation, event: AuditEvent::allow(action, "corr"), ts_ms: 1 }
 }
 
 fn owner(name: &str) -> Owner {
-    Owner {
-        name: Name::parse(name).unwrap(),
-        display_name: Some("Alice A.".into()),
-        created_at_ms: 10,
-    }
+    Owner { name: Name::parse(name).unwrap(), display_name: Some("Alice A.".into()), created_at_ms: 10 }
 }
 
 fn agent(name: &str, owner: &str) -> Agent {
@@ -86,41 +73,20 @@ pub async fn registry_round_trip(store: Arc<dyn Store>) {
     let out = commit(
         &store,
         vec![
-            job(
-                Some(Mutation::CreateOwner(owner("alice"))),
-                "registry.owner.create",
-            ),
-            job(
-                Some(Mutation::CreateAgent(agent("bot", "alice"))),
-                "registry.agent.create",
-            ),
-            job(
-                Some(Mutation::CreateClient(client("c1", "bot"))),
-                "registry.client.create",
-            ),
-            job(
-                Some(Mutation::CreateResource(resource.clone())),
-                "registry.resource.create",
-            ),
+            job(Some(Mutation::CreateOwner(owner("alice"))), "registry.owner.create"),
+            job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "registry.agent.create"),
+            job(Some(Mutation::CreateClient(client("c1", "bot"))), "registry.client.create"),
+            job(Some(Mutation::CreateResource(resource.clone())), "registry.resource.create"),
         ],
     )
     .await;
     assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
-    assert_eq!(
-        out.iter().map(|o| o.seq).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
+    assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
 
     assert_eq!(store.owner("alice").await.unwrap(), Some(owner("alice")));
-    assert_eq!(
-        store.agent("bot").await.unwrap(),
-        Some(agent("bot", "alice"))
-    );
+    assert_eq!(store.agent("bot").await.unwrap(), Some(agent("bot", "alice")));
     assert_eq!(store.client("c1").await.unwrap(), Some(client("c1", "bot")));
-    assert_eq!(
-        store.resource("https://api.example.com").await.unwrap(),
-        Some(resource)
-    );
+    assert_eq!(store.resource("https://api.example.com").await.unwrap(), Some(resource));
     assert_eq!(store.owners().await.unwrap().len(), 1);
     assert_eq!(store.agents().await.unwrap().len(), 1);
     assert_eq!(store.clients().await.unwrap().len(), 1);
@@ -129,62 +95,31 @@ pub async fn registry_round_trip(store: Arc<dyn Store>) {
 }
 
 pub async fn refused_mutations_change_nothing_but_are_logged(store: Arc<dyn Store>) {
-    commit(
-        &store,
-        vec![job(Some(Mutation::CreateOwner(owner("alice"))), "a")],
-    )
-    .await;
+    commit(&store, vec![job(Some(Mutation::CreateOwner(owner("alice"))), "a")]).await;
     let out = commit(
         &store,
         vec![
             job(Some(Mutation::CreateOwner(owner("alice"))), "dup"),
-            job(
-                Some(Mutation::CreateAgent(agent("bot", "ghost"))),
-                "missing-owner",
-            ),
+            job(Some(Mutation::CreateAgent(agent("bot", "ghost"))), "missing-owner"),
             job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "ok"),
             job(Some(Mutation::DeleteOwner("alice".into())), "in-use"),
             job(Some(Mutation::DeleteAgent("nobody".into())), "not-found"),
         ],
     )
     .await;
-    assert!(
-        matches!(out[0].result, Err(MutationError::Conflict(_))),
-        "{:?}",
-        out[0]
-    );
-    assert!(
-        matches!(out[1].result, Err(MutationError::NotFound(_))),
-        "{:?}",
-        out[1]
-    );
+    assert!(matches!(out[0].result, Err(MutationError::Conflict(_))), "{:?}", out[0]);
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))), "{:?}", out[1]);
     assert!(out[2].result.is_ok());
-    assert!(
-        matches!(out[3].result, Err(MutationError::InUse(_))),
-        "{:?}",
-        out[3]
-    );
-    assert!(
-        matches!(out[4].result, Err(MutationError::NotFound(_))),
-        "{:?}",
-        out[4]
-    );
+    assert!(matches!(out[3].result, Err(MutationError::InUse(_))), "{:?}", out[3]);
+    assert!(matches!(out[4].result, Err(MutationError::NotFound(_))), "{:?}", out[4]);
     // The owner still has exactly one agent; nothing half-applied.
     assert_eq!(store.agents().await.unwrap().len(), 1);
     assert!(store.owner("alice").await.unwrap().is_some());
     // Every job, refused or not, has its event, and refusals say so.
     assert_eq!(store.audit_len().await.unwrap(), 6);
     let entries = store.audit_entries(1, 6).await.unwrap();
-    assert!(
-        entries[0].canonical.ends_with("|dup|deny|conflict"),
-        "{}",
-        entries[0].canonical
-    );
-    assert!(
-        entries[1]
-            .canonical
-            .ends_with("|missing-owner|deny|not_found")
-    );
+    assert!(entries[0].canonical.ends_with("|dup|deny|conflict"), "{}", entries[0].canonical);
+    assert!(entries[1].canonical.ends_with("|missing-owner|deny|not_found"));
     assert!(entries[2].canonical.ends_with("|ok|allow|"));
     assert!(entries[3].canonical.ends_with("|in-use|deny|in_use"));
 }
@@ -194,18 +129,10 @@ pub async fn audit_chain_links_across_commits(store: Arc<dyn Store>) {
     commit(&store, vec![job(None, "c")]).await;
     let entries = store.audit_entries(0, 10).await.unwrap();
     assert_eq!(entries.len(), 3);
-    assert!(
-        entries[0]
-            .canonical
-            .starts_with(&format!("0|{}|", "0".repeat(64)))
-    );
+    assert!(entries[0].canonical.starts_with(&format!("0|{}|", "0".repeat(64))));
     for pair in entries.windows(2) {
         let expected_prefix = format!("{}|{}|", pair[1].seq, hex::encode(pair[0].leaf_hash));
-        assert!(
-            pair[1].canonical.starts_with(&expected_prefix),
-            "{}",
-            pair[1].canonical
-        );
+        assert!(pair[1].canonical.starts_with(&expected_prefix), "{}", pair[1].canonical);
     }
     assert_eq!(store.audit_entries(1, 2).await.unwrap().len(), 1);
 }
@@ -216,11 +143,7 @@ pub async fn concurrent_commits_keep_one_chain(store: Arc<dyn Store>) {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             for j in 0..5 {
-                commit(
-                    &store,
-                    vec![job(None, &format!("t{i}-{j}")), job(None, "x")],
-                )
-                .await;
+                commit(&store, vec![job(None, &format!("t{i}-{j}")), job(None, "x")]).await;
             }
         }));
     }
@@ -237,92 +160,26 @@ pub async fn concurrent_commits_keep_one_chain(store: Arc<dyn Store>) {
 
 pub async fn revocation_epochs_only_rise(store: Arc<dyn Store>) {
     let epoch = |kind, name: &str, secs| {
-        job(
-            Some(Mutation::RevokeBefore {
-                kind,
-                name: name.into(),
-                not_before_secs: secs,
-            }),
-            "revoke",
-        )
+        job(Some(Mutation::RevokeBefore { kind, name: name.into(), not_before_secs: secs }), "revoke")
     };
-    assert_eq!(
-        store
-            .revoked_before(&[(EpochKind::Agent, "bot")])
-            .await
-            .unwrap(),
-        None
-    );
-    commit(
-        &store,
-        vec![
-            epoch(EpochKind::Agent, "bot", 100),
-            epoch(EpochKind::Agent, "bot", 50),
-        ],
-    )
-    .await;
+    assert_eq!(store.revoked_before(&[(EpochKind::Agent, "bot")]).await.unwrap(), None);
+    commit(&store, vec![epoch(EpochKind::Agent, "bot", 100), epoch(EpochKind::Agent, "bot", 50)]).await;
     commit(&store, vec![epoch(EpochKind::Owner, "alice", 70)]).await;
-    let both = [
-        (EpochKind::Agent, "bot"),
-        (EpochKind::Owner, "alice"),
-        (EpochKind::Client, "c"),
-    ];
+    let both = [(EpochKind::Agent, "bot"), (EpochKind::Owner, "alice"), (EpochKind::Client, "c")];
     assert_eq!(store.revoked_before(&both).await.unwrap(), Some(100));
-    assert_eq!(
-        store
-            .revoked_before(&[(EpochKind::Owner, "alice")])
-            .await
-            .unwrap(),
-        Some(70)
-    );
-    assert_eq!(
-        store
-            .revoked_before(&[(EpochKind::Owner, "bot")])
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.revoked_before(&[(EpochKind::Owner, "alice")]).await.unwrap(), Some(70));
+    assert_eq!(store.revoked_before(&[(EpochKind::Owner, "bot")]).await.unwrap(), None);
 }
 
 pub async fn token_revocation_and_one_time_ids(store: Arc<dyn Store>) {
     let out = commit(
         &store,
         vec![
-            job(
-                Some(Mutation::RevokeToken {
-                    jti: "j1".into(),
-                    expires_at_secs: 100,
-                }),
-                "revoke",
-            ),
-            job(
-                Some(Mutation::RevokeToken {
-                    jti: "j1".into(),
-                    expires_at_secs: 100,
-                }),
-                "revoke-again",
-            ),
-            job(
-                Some(Mutation::ConsumeOnce {
-                    id: "c1:a".into(),
-                    expires_at_secs: 100,
-                }),
-                "use",
-            ),
-            job(
-                Some(Mutation::ConsumeOnce {
-                    id: "c1:a".into(),
-                    expires_at_secs: 100,
-                }),
-                "replay",
-            ),
-            job(
-                Some(Mutation::ConsumeOnce {
-                    id: "c1:old".into(),
-                    expires_at_secs: 10,
-                }),
-                "old",
-            ),
+            job(Some(Mutation::RevokeToken { jti: "j1".into(), expires_at_secs: 100 }), "revoke"),
+            job(Some(Mutation::RevokeToken { jti: "j1".into(), expires_at_secs: 100 }), "revoke-again"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 100 }), "use"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 100 }), "replay"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:old".into(), expires_at_secs: 10 }), "old"),
         ],
     )
     .await;
@@ -336,20 +193,8 @@ pub async fn token_revocation_and_one_time_ids(store: Arc<dyn Store>) {
     let out = commit(
         &store,
         vec![
-            job(
-                Some(Mutation::ConsumeOnce {
-                    id: "c1:old".into(),
-                    expires_at_secs: 200,
-                }),
-                "old",
-            ),
-            job(
-                Some(Mutation::ConsumeOnce {
-                    id: "c1:a".into(),
-                    expires_at_secs: 200,
-                }),
-                "a",
-            ),
+            job(Some(Mutation::ConsumeOnce { id: "c1:old".into(), expires_at_secs: 200 }), "old"),
+            job(Some(Mutation::ConsumeOnce { id: "c1:a".into(), expires_at_secs: 200 }), "a"),
         ],
     )
     .await;
@@ -371,46 +216,16 @@ pub async fn keys_settings_and_checkpoints(store: Arc<dyn Store>) {
         &store,
         vec![
             job(Some(Mutation::InsertKey(key.clone())), "key"),
-            job(
-                Some(Mutation::RetireKey {
-                    kid: "k1".into(),
-                    retire_at_ms: 99,
-                }),
-                "retire",
-            ),
-            job(
-                Some(Mutation::RetireKey {
-                    kid: "nope".into(),
-                    retire_at_ms: 99,
-                }),
-                "retire-missing",
-            ),
-            job(
-                Some(Mutation::PutSetting {
-                    key: "s".into(),
-                    value: "1".into(),
-                }),
-                "set",
-            ),
-            job(
-                Some(Mutation::PutSetting {
-                    key: "s".into(),
-                    value: "2".into(),
-                }),
-                "set",
-            ),
+            job(Some(Mutation::RetireKey { kid: "k1".into(), retire_at_ms: 99 }), "retire"),
+            job(Some(Mutation::RetireKey { kid: "nope".into(), retire_at_ms: 99 }), "retire-missing"),
+            job(Some(Mutation::PutSetting { key: "s".into(), value: "1".into() }), "set"),
+            job(Some(Mutation::PutSetting { key: "s".into(), value: "2".into() }), "set"),
         ],
     )
     .await;
     assert!(out[2].result.is_err());
     let keys = store.signing_keys().await.unwrap();
-    assert_eq!(
-        keys,
-        vec![StoredKey {
-            retire_at_ms: Some(99),
-            ..key
-        }]
-    );
+    assert_eq!(keys, vec![StoredKey { retire_at_ms: Some(99), ..key }]);
     assert_eq!(store.setting("s").await.unwrap().as_deref(), Some("2"));
     assert_eq!(store.setting("missing").await.unwrap(), None);
 
@@ -478,14 +293,9 @@ struct PgSchema {
 
 impl Cleanup for PgSchema {
     async fn cleanup(self) {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
         let connection = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
+        client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name)).await.unwrap();
         drop(client);
         connection.await.unwrap().unwrap();
     }
@@ -497,10 +307,7 @@ impl PgSchema {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let url = std::env::var("MANDATE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("mt_{:x}_{nanos:x}_{n}", std::process::id());
         Self { url, name }
@@ -510,9 +317,7 @@ impl PgSchema {
 /// Fails, rather than skips, when PostgreSQL is unreachable: CI always provides it.
 async fn postgres_store() -> (Arc<dyn Store>, PgSchema) {
     let schema = PgSchema::fresh();
-    let store = PostgresStore::connect(&schema.url, Some(&schema.name))
-        .await
-        .unwrap();
+    let store = PostgresStore::connect(&schema.url, Some(&schema.name)).await.unwrap();
     (Arc::new(store), schema)
 }
 

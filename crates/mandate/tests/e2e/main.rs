@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `mandate` binary on loopback, driven over HTTP and through its
+//! CLI, as an operator and a client would. All of them compile into this one test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin_api;
+mod audit;
+mod harness;
+mod keys_and_config;
+mod token_endpoint;
+mod token_lifecycle;
