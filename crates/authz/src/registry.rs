@@ -23,6 +23,8 @@ pub struct NewAgent {
     pub name: String,
     pub owner: String,
     pub scopes: Vec<String>,
+    /// Workload attestation selectors, e.g. `unix:uid:1000`.
+    pub selectors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub async fn create_agent(authz: &Authz, new: NewAgent, correlation_id: &str) ->
             name,
             owner,
             scopes: scopes.to_vec(),
+            selectors: new.selectors.clone(),
             created_at_ms: authz.clock.now_ms(),
         };
         Ok((Mutation::CreateAgent(agent.clone()), agent))

@@ -13,5 +13,5 @@ pub use audit::{AuditEvent, Decision};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OAuthError, OAuthErrorCode};
 pub use ids::{Name, ResourceUri, SpiffeId, TrustDomain, ValidationError};
-pub use registry::{Agent, Client, ClientAuthMethod, Owner, Resource};
+pub use registry::{Agent, Client, ClientAuthMethod, FederationRule, JoinToken, Owner, Resource, SubjectMatch};
 pub use scope::ScopeSet;

@@ -1,5 +1,7 @@
 //! Registry records: owners, agents, OAuth clients and protected resources.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Name, ResourceUri, SpiffeId};
@@ -21,6 +23,10 @@ pub struct Agent {
     /// The most this agent may ever be granted; tokens carry the intersection with the request
     /// and with the resource's scopes.
     pub scopes: Vec<String>,
+    /// Workload attestation selectors (`unix:uid:1000`, `unix:path:/usr/bin/agent`, …); a caller
+    /// on the Workload API is this agent when it matches all of them.
+    #[serde(default)]
+    pub selectors: Vec<String>,
     pub created_at_ms: i64,
 }
 
@@ -77,5 +83,63 @@ pub struct Client {
 pub struct Resource {
     pub uri: ResourceUri,
     pub scopes: Vec<String>,
+    pub created_at_ms: i64,
+}
+
+/// How a federation rule matches the external token's `sub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectMatch {
+    Exact,
+    Prefix,
+}
+
+impl SubjectMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Prefix => "prefix",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "exact" => Some(Self::Exact),
+            "prefix" => Some(Self::Prefix),
+            _ => None,
+        }
+    }
+}
+
+/// Workload identity federation (RFC 7523 jwt-bearer): which external JWTs an agent may
+/// trade for a Mandate access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRule {
+    pub name: Name,
+    /// The external issuer (`iss`), compared exactly.
+    pub issuer: String,
+    /// Where the issuer's JWKS is fetched from (SSRF-checked); or `jwks` inline.
+    pub jwks_url: Option<String>,
+    pub jwks: Option<String>,
+    /// The audience the external token must carry.
+    pub audience: String,
+    pub subject: String,
+    pub subject_match: SubjectMatch,
+    /// Further claims that must equal these string values.
+    pub claims: BTreeMap<String, String>,
+    /// The agent the external workload becomes.
+    pub agent: Name,
+    pub max_ttl_secs: i64,
+    pub created_at_ms: i64,
+}
+
+/// A one-time token that bootstraps an agent on another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Hex SHA-256 of the token; the token itself is shown once.
+    pub token_hash: String,
+    pub agent: Name,
+    pub expires_at_ms: i64,
+    pub used_at_ms: Option<i64>,
     pub created_at_ms: i64,
 }

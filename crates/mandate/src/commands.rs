@@ -54,6 +54,9 @@ pub enum AgentCmd {
         /// The most this agent may be granted (repeatable).
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Workload attestation selector (repeatable), e.g. unix:uid:1000 or unix:path:/usr/bin/agent.
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
     },
     List,
     Delete {
@@ -165,8 +168,9 @@ pub async fn owner(authz: &Authz, cmd: OwnerCmd, out: &Output) -> anyhow::Result
 
 pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
-        AgentCmd::Create { name, owner, scopes } => {
-            let agent = registry::create_agent(authz, NewAgent { name, owner, scopes }, &correlation()).await?;
+        AgentCmd::Create { name, owner, scopes, selectors } => {
+            let agent =
+                registry::create_agent(authz, NewAgent { name, owner, scopes, selectors }, &correlation()).await?;
             out.show(&agent, || format!("agent {} created: {} (owner {})", agent.name, agent.spiffe_id, agent.owner))
         }
         AgentCmd::List => {

@@ -142,6 +142,8 @@ pub(crate) struct AgentBody {
     owner: String,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    selectors: Vec<String>,
 }
 
 async fn list_agents(_: Admin, State(s): State<AppState>) -> ApiResult {
@@ -153,7 +155,7 @@ async fn get_agent(_: Admin, State(s): State<AppState>, Path(name): Path<String>
 }
 
 async fn create_agent(admin: Admin, State(s): State<AppState>, Json(body): Json<AgentBody>) -> ApiResult {
-    let new = NewAgent { name: body.name, owner: body.owner, scopes: body.scopes };
+    let new = NewAgent { name: body.name, owner: body.owner, scopes: body.scopes, selectors: body.selectors };
     let agent = registry::create_agent(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
     Ok(created(agent))
 }

@@ -11,7 +11,7 @@ mod types;
 mod write;
 
 use async_trait::async_trait;
-use mandate_core::{Agent, AuditEvent, Client, Owner, Resource};
+use mandate_core::{Agent, AuditEvent, Client, FederationRule, JoinToken, Owner, Resource};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -68,6 +68,9 @@ pub trait Store: Send + Sync + 'static {
     async fn resources(&self) -> Result<Vec<Resource>>;
 
     /// The latest "not before" epoch (Unix seconds) over the given subjects, if any was set.
+    async fn federation_rules(&self) -> Result<Vec<FederationRule>>;
+    async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>>;
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;
 

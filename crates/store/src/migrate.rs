@@ -7,11 +7,15 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../migrations/sqlite/V1__init.sql") }];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../migrations/sqlite/V1__init.sql") },
+    Migration { version: 2, sql: include_str!("../migrations/sqlite/V2__workload.sql") },
+];
 
-pub(crate) const POSTGRES: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../migrations/postgres/V1__init.sql") }];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../migrations/postgres/V1__init.sql") },
+    Migration { version: 2, sql: include_str!("../migrations/postgres/V2__workload.sql") },
+];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
     (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";

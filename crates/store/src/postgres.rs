@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
-use mandate_core::{Agent, Client, Owner, Resource};
+use mandate_core::{Agent, Client, FederationRule, JoinToken, Owner, Resource};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
@@ -200,6 +200,14 @@ impl Store for PostgresStore {
 
     async fn resources(&self) -> Result<Vec<Resource>> {
         self.query_all(read::RESOURCES, &[], read::resource).await
+    }
+
+    async fn federation_rules(&self) -> Result<Vec<FederationRule>> {
+        self.query_all(read::FEDERATION_RULES, &[], read::federation_rule).await
+    }
+
+    async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>> {
+        self.query_one(read::JOIN_TOKEN, &[&token_hash], read::join_token).await
     }
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {

@@ -6,7 +6,10 @@
 //! order of first appearance: PostgreSQL binds them by number, SQLite numbers `$NAME`
 //! parameters in the order they appear, and the two agree only while that order holds.
 
-use mandate_core::{Agent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, SpiffeId, TrustDomain};
+use mandate_core::{
+    Agent, Client, ClientAuthMethod, FederationRule, JoinToken, Name, Owner, Resource, ResourceUri, SpiffeId,
+    SubjectMatch, TrustDomain,
+};
 
 use crate::types::*;
 use crate::{Result, StoreError};
@@ -29,7 +32,7 @@ macro_rules! select {
         concat!("SELECT name, display_name, created_at_ms FROM owners ", $tail)
     };
     (agents $tail:literal) => {
-        concat!("SELECT name, owner, spiffe_id, scopes, created_at_ms FROM agents ", $tail)
+        concat!("SELECT name, owner, spiffe_id, scopes, created_at_ms, selectors FROM agents ", $tail)
     };
     (clients $tail:literal) => {
         concat!(
@@ -40,6 +43,13 @@ macro_rules! select {
     };
     (resources $tail:literal) => {
         concat!("SELECT uri, scopes, created_at_ms FROM resources ", $tail)
+    };
+    (federation_rules $tail:literal) => {
+        concat!(
+            "SELECT name, issuer, jwks_url, jwks, audience, subject, subject_match, claims, agent, \
+             max_ttl_secs, created_at_ms FROM federation_rules ",
+            $tail
+        )
     };
     (checkpoints $tail:literal) => {
         concat!("SELECT tree_size, root, note, frontier, created_at_ms FROM audit_checkpoints ", $tail)
@@ -54,6 +64,9 @@ pub(crate) const CLIENT: &str = select!(clients "WHERE client_id = $1");
 pub(crate) const CLIENTS: &str = select!(clients "ORDER BY client_id");
 pub(crate) const RESOURCE: &str = select!(resources "WHERE uri = $1");
 pub(crate) const RESOURCES: &str = select!(resources "ORDER BY uri");
+pub(crate) const FEDERATION_RULES: &str = select!(federation_rules "ORDER BY name");
+pub(crate) const JOIN_TOKEN: &str =
+    "SELECT token_hash, agent, expires_at_ms, used_at_ms, created_at_ms FROM join_tokens WHERE token_hash = $1";
 pub(crate) const EPOCH: &str = "SELECT not_before FROM revocation_epochs WHERE kind = $1 AND name = $2";
 pub(crate) const TOKEN_REVOKED: &str = "SELECT 1 FROM revoked_tokens WHERE jti = $1";
 pub(crate) const SIGNING_KEYS: &str = "SELECT kid, purpose, alg, sealed, created_at_ms, \
@@ -89,6 +102,34 @@ pub(crate) fn agent(row: &dyn Columns) -> Result<Agent> {
         owner: name(row, 1)?,
         spiffe_id,
         scopes: scopes_from_text(&row.text(3)?),
+        created_at_ms: row.int(4)?,
+        selectors: serde_json::from_str(&row.text(5)?).map_err(|e| corrupt(format!("agent selectors: {e}")))?,
+    })
+}
+
+pub(crate) fn federation_rule(row: &dyn Columns) -> Result<FederationRule> {
+    let matching = row.text(6)?;
+    Ok(FederationRule {
+        name: name(row, 0)?,
+        issuer: row.text(1)?,
+        jwks_url: row.opt_text(2)?,
+        jwks: row.opt_text(3)?,
+        audience: row.text(4)?,
+        subject: row.text(5)?,
+        subject_match: SubjectMatch::parse(&matching).ok_or_else(|| corrupt(format!("subject match {matching}")))?,
+        claims: serde_json::from_str(&row.text(7)?).map_err(|e| corrupt(format!("rule claims: {e}")))?,
+        agent: name(row, 8)?,
+        max_ttl_secs: row.int(9)?,
+        created_at_ms: row.int(10)?,
+    })
+}
+
+pub(crate) fn join_token(row: &dyn Columns) -> Result<JoinToken> {
+    Ok(JoinToken {
+        token_hash: row.text(0)?,
+        agent: name(row, 1)?,
+        expires_at_ms: row.int(2)?,
+        used_at_ms: row.opt_int(3)?,
         created_at_ms: row.int(4)?,
     })
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use mandate_core::{Agent, Client, Owner, Resource};
+use mandate_core::{Agent, Client, FederationRule, JoinToken, Owner, Resource};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Params, Row, ToSql, TransactionBehavior, ffi, params};
 
@@ -153,6 +153,14 @@ impl Store for SqliteStore {
 
     async fn resources(&self) -> Result<Vec<Resource>> {
         self.read(|c| query_all(c, read::RESOURCES, [], read::resource))
+    }
+
+    async fn federation_rules(&self) -> Result<Vec<FederationRule>> {
+        self.read(|c| query_all(c, read::FEDERATION_RULES, [], read::federation_rule))
+    }
+
+    async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>> {
+        self.read(|c| query_one(c, read::JOIN_TOKEN, [token_hash], read::join_token))
     }
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {

@@ -1,6 +1,6 @@
 //! Records and write jobs the store persists.
 
-use mandate_core::{Agent, AuditEvent, Client, Owner, Resource};
+use mandate_core::{Agent, AuditEvent, Client, FederationRule, JoinToken, Owner, Resource};
 
 /// Whose tokens a "not before" epoch invalidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,19 @@ pub enum Mutation {
         key: String,
         value: String,
     },
+    /// Replace an agent's attestation selectors.
+    SetSelectors {
+        agent: String,
+        selectors: Vec<String>,
+    },
+    CreateJoinToken(JoinToken),
+    /// Mark a join token used; fails unless it exists, is unused and unexpired at `now_ms`.
+    UseJoinToken {
+        token_hash: String,
+        now_ms: i64,
+    },
+    CreateFederationRule(FederationRule),
+    DeleteFederationRule(String),
 }
 
 /// One unit of the write path: an optional mutation and the event that records it.

@@ -66,8 +66,8 @@ impl<'a> Step<'a> {
             ),
             Mutation::DeleteOwner(n) => Self::delete("DELETE FROM owners WHERE name = $1", format!("owner {n}"), n),
             Mutation::CreateAgent(a) => Self::insert(
-                "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms, selectors) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 format!("agent {}", a.name),
                 vec![
                     Text(a.name.as_str()),
@@ -75,6 +75,7 @@ impl<'a> Step<'a> {
                     Text(a.spiffe_id.as_str()),
                     OwnedText(scopes_to_text(&a.scopes)),
                     Int(a.created_at_ms),
+                    OwnedText(json_text(&a.selectors)),
                 ],
             ),
             Mutation::DeleteAgent(n) => Self::delete("DELETE FROM agents WHERE name = $1", format!("agent {n}"), n),
@@ -138,12 +139,56 @@ impl<'a> Step<'a> {
                     OptInt(k.retire_at_ms),
                 ],
             ),
-            Mutation::RetireKey { kid, retire_at_ms } => Self {
-                sql: "UPDATE signing_keys SET retire_at_ms = $1 WHERE kid = $2",
-                params: vec![Int(*retire_at_ms), Text(kid)],
-                kind: Kind::Update,
-                what: format!("key {kid}"),
-            },
+            Mutation::RetireKey { kid, retire_at_ms } => Self::update(
+                "UPDATE signing_keys SET retire_at_ms = $1 WHERE kid = $2",
+                format!("key {kid}"),
+                vec![Int(*retire_at_ms), Text(kid)],
+            ),
+            Mutation::SetSelectors { agent, selectors } => Self::update(
+                "UPDATE agents SET selectors = $1 WHERE name = $2",
+                format!("agent {agent}"),
+                vec![OwnedText(json_text(selectors)), Text(agent)],
+            ),
+            Mutation::CreateJoinToken(t) => Self::insert(
+                "INSERT INTO join_tokens (token_hash, agent, expires_at_ms, used_at_ms, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                format!("join token for agent {}", t.agent),
+                vec![
+                    Text(&t.token_hash),
+                    Text(t.agent.as_str()),
+                    Int(t.expires_at_ms),
+                    OptInt(t.used_at_ms),
+                    Int(t.created_at_ms),
+                ],
+            ),
+            // Single use: only an unused, unexpired token changes a row.
+            Mutation::UseJoinToken { token_hash, now_ms } => Self::update(
+                "UPDATE join_tokens SET used_at_ms = $1 \
+                 WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $1",
+                "join token (unknown, used or expired)".into(),
+                vec![Int(*now_ms), Text(token_hash)],
+            ),
+            Mutation::CreateFederationRule(r) => Self::insert(
+                "INSERT INTO federation_rules (name, issuer, jwks_url, jwks, audience, subject, subject_match, \
+                 claims, agent, max_ttl_secs, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                format!("federation rule {}", r.name),
+                vec![
+                    Text(r.name.as_str()),
+                    Text(&r.issuer),
+                    OptText(&r.jwks_url),
+                    OptText(&r.jwks),
+                    Text(&r.audience),
+                    Text(&r.subject),
+                    Text(r.subject_match.as_str()),
+                    OwnedText(json_text(&r.claims)),
+                    Text(r.agent.as_str()),
+                    Int(r.max_ttl_secs),
+                    Int(r.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteFederationRule(n) => {
+                Self::delete("DELETE FROM federation_rules WHERE name = $1", format!("federation rule {n}"), n)
+            }
             Mutation::PutSetting { key, value } => Self::insert(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -155,6 +200,10 @@ impl<'a> Step<'a> {
 
     fn insert(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
         Self { sql, params, kind: Kind::Insert, what }
+    }
+
+    fn update(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
+        Self { sql, params, kind: Kind::Update, what }
     }
 
     fn delete(sql: &'static str, what: String, key: &'a str) -> Self {
@@ -194,6 +243,10 @@ impl<'a> Step<'a> {
             }
         }
     }
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 /// Where the next entry goes: its sequence number and the leaf hash it links to. The default

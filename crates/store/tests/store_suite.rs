@@ -44,6 +44,7 @@ fn agent(name: &str, owner: &str) -> Agent {
         name: n,
         owner: Name::parse(owner).unwrap(),
         scopes: vec!["read".into(), "write".into()],
+        selectors: vec!["unix:uid:1000".into(), "unix:path:/usr/bin/my agent".into()],
         created_at_ms: 11,
     }
 }
@@ -249,13 +250,98 @@ trait Cleanup {
     async fn cleanup(self);
 }
 
+pub async fn workload_identity_records(store: Arc<dyn Store>) {
+    use std::collections::BTreeMap;
+
+    use mandate_core::{FederationRule, JoinToken, SubjectMatch};
+
+    commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateOwner(owner("alice"))), "o"),
+            job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "a"),
+        ],
+    )
+    .await;
+    let selectors = vec!["unix:uid:0".to_owned()];
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::SetSelectors { agent: "bot".into(), selectors: selectors.clone() }), "sel"),
+            job(Some(Mutation::SetSelectors { agent: "ghost".into(), selectors: vec![] }), "sel-missing"),
+        ],
+    )
+    .await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert_eq!(store.agent("bot").await.unwrap().unwrap().selectors, selectors);
+
+    let token = JoinToken {
+        token_hash: "h1".into(),
+        agent: Name::parse("bot").unwrap(),
+        expires_at_ms: 1_000,
+        used_at_ms: None,
+        created_at_ms: 1,
+    };
+    let expired = JoinToken { token_hash: "h2".into(), expires_at_ms: 10, ..token.clone() };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateJoinToken(token.clone())), "join"),
+            job(Some(Mutation::CreateJoinToken(expired)), "join-expired"),
+            job(Some(Mutation::UseJoinToken { token_hash: "h1".into(), now_ms: 500 }), "use"),
+            job(Some(Mutation::UseJoinToken { token_hash: "h1".into(), now_ms: 501 }), "reuse"),
+            job(Some(Mutation::UseJoinToken { token_hash: "h2".into(), now_ms: 500 }), "use-expired"),
+            job(Some(Mutation::UseJoinToken { token_hash: "nope".into(), now_ms: 500 }), "use-unknown"),
+        ],
+    )
+    .await;
+    assert!(out[2].result.is_ok());
+    for refused in &out[3..] {
+        assert!(matches!(refused.result, Err(MutationError::NotFound(_))), "{refused:?}");
+    }
+    assert_eq!(store.join_token("h1").await.unwrap().unwrap().used_at_ms, Some(500));
+    assert_eq!(store.join_token("nope").await.unwrap(), None);
+
+    let rule = FederationRule {
+        name: Name::parse("k8s").unwrap(),
+        issuer: "https://k8s.example".into(),
+        jwks_url: Some("https://k8s.example/jwks".into()),
+        jwks: None,
+        audience: "mandate".into(),
+        subject: "system:serviceaccount:prod:".into(),
+        subject_match: SubjectMatch::Prefix,
+        claims: BTreeMap::from([("kubernetes.io/namespace".to_owned(), "prod".to_owned())]),
+        agent: Name::parse("bot").unwrap(),
+        max_ttl_secs: 600,
+        created_at_ms: 3,
+    };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateFederationRule(rule.clone())), "rule"),
+            job(Some(Mutation::CreateFederationRule(rule.clone())), "rule-dup"),
+            job(Some(Mutation::DeleteAgent("bot".into())), "delete-referenced-agent"),
+        ],
+    )
+    .await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::Conflict(_))));
+    assert!(matches!(out[2].result, Err(MutationError::InUse(_))), "{:?}", out[2]);
+    assert_eq!(store.federation_rules().await.unwrap(), vec![rule]);
+    let out = commit(&store, vec![job(Some(Mutation::DeleteFederationRule("k8s".into())), "rule-delete")]).await;
+    assert!(out[0].result.is_ok());
+    assert!(store.federation_rules().await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($backend:ident, $make:path) => {
         mod $backend {
             use super::*;
             suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
-                revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints);
+                revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
+                workload_identity_records);
         }
     };
     (@tests $make:path; $($name:ident),*) => {
