@@ -22,6 +22,7 @@ pub fn canonical_event(position: &EntryPosition, event: &AuditEvent) -> String {
         "detail": event.detail,
         "agent": event.agent,
         "owner": event.owner,
+        "subject": event.subject,
         "client": event.client,
         "resource": event.resource,
         "scope": event.scope,

@@ -14,6 +14,19 @@ use serde_json::{Value, json};
 
 pub const PURPOSE_TOKEN: &str = "token";
 pub const PURPOSE_AUDIT: &str = "audit";
+/// Signs JWT-SVIDs (SPIFFE clients accept ES256, not EdDSA).
+pub const PURPOSE_JWT_SVID: &str = "jwt-svid";
+/// The SPIFFE X.509 CA key.
+pub const PURPOSE_X509_CA: &str = "x509-ca";
+
+/// The keys every installation has from its first start.
+const REQUIRED: &[(&str, Alg)] = &[
+    (PURPOSE_TOKEN, Alg::EdDSA),
+    (PURPOSE_TOKEN, Alg::ES256),
+    (PURPOSE_AUDIT, Alg::EdDSA),
+    (PURPOSE_JWT_SVID, Alg::ES256),
+    (PURPOSE_X509_CA, Alg::ES256),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -28,7 +41,7 @@ pub enum KeyringError {
     #[error("stored key {kid} has unknown algorithm {alg}")]
     UnknownAlg { kid: String, alg: String },
     #[error("no {0} key is active")]
-    NoActiveKey(&'static str),
+    NoActiveKey(String),
 }
 
 struct Loaded {
@@ -36,11 +49,12 @@ struct Loaded {
     key: Arc<SigningKey>,
 }
 
+#[derive(Default)]
 struct Snapshot {
-    token_signers: HashMap<Alg, Arc<SigningKey>>,
-    audit: Arc<SigningKey>,
-    published: Arc<Vec<PublicKey>>,
-    jwks: Arc<Value>,
+    /// The signing key per purpose and algorithm.
+    signers: HashMap<(String, Alg), Arc<SigningKey>>,
+    /// Per purpose, the public keys that verify what it signed, and their JWK Set.
+    published: HashMap<String, (Arc<Vec<PublicKey>>, Arc<Value>)>,
 }
 
 pub struct Keyring {
@@ -62,7 +76,7 @@ impl Keyring {
     ) -> Result<Self, KeyringError> {
         let stored = store.signing_keys().await?;
         let mut missing = Vec::new();
-        for (purpose, alg) in [(PURPOSE_TOKEN, Alg::EdDSA), (PURPOSE_TOKEN, Alg::ES256), (PURPOSE_AUDIT, Alg::EdDSA)] {
+        for &(purpose, alg) in REQUIRED {
             if !stored.iter().any(|k| k.purpose == purpose && k.alg == alg.as_str()) {
                 missing.push(new_stored_key(&kek, purpose, alg, now_ms, now_ms)?);
             }
@@ -102,42 +116,66 @@ impl Keyring {
         Ok(())
     }
 
+    /// The access-token signing key for `alg`.
     pub fn signer(&self, alg: Alg) -> Result<Arc<SigningKey>, KeyringError> {
-        self.snapshot.read().token_signers.get(&alg).cloned().ok_or(KeyringError::NoActiveKey("token"))
+        self.signer_for(PURPOSE_TOKEN, alg)
     }
 
-    pub fn audit_key(&self) -> Arc<SigningKey> {
-        Arc::clone(&self.snapshot.read().audit)
+    pub fn signer_for(&self, purpose: &str, alg: Alg) -> Result<Arc<SigningKey>, KeyringError> {
+        self.snapshot
+            .read()
+            .signers
+            .get(&(purpose.to_owned(), alg))
+            .cloned()
+            .ok_or_else(|| KeyringError::NoActiveKey(purpose.to_owned()))
     }
 
-    /// Keys that verify Mandate's tokens: active, scheduled and recently retired ones.
+    pub fn audit_key(&self) -> Result<Arc<SigningKey>, KeyringError> {
+        self.signer_for(PURPOSE_AUDIT, Alg::EdDSA)
+    }
+
+    /// Keys that verify Mandate's access tokens: active, scheduled and recently retired ones.
     pub fn published(&self) -> Arc<Vec<PublicKey>> {
-        Arc::clone(&self.snapshot.read().published)
+        self.published_for(PURPOSE_TOKEN)
+    }
+
+    pub fn published_for(&self, purpose: &str) -> Arc<Vec<PublicKey>> {
+        self.snapshot.read().published.get(purpose).map(|(keys, _)| Arc::clone(keys)).unwrap_or_default()
     }
 
     /// The JWK Set document for `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Arc<Value> {
-        Arc::clone(&self.snapshot.read().jwks)
+        self.jwks_for(PURPOSE_TOKEN)
     }
 
-    /// Creates a new `alg` token key that is published now and signs from `now + lead`; the key
-    /// it replaces stops signing then and stays published until its last token expires.
+    pub fn jwks_for(&self, purpose: &str) -> Arc<Value> {
+        self.snapshot
+            .read()
+            .published
+            .get(purpose)
+            .map(|(_, jwks)| Arc::clone(jwks))
+            .unwrap_or_else(|| Arc::new(json!({"keys": []})))
+    }
+
+    /// Creates a new `purpose`/`alg` key that is published now and signs from `now + lead`; the
+    /// key it replaces stops signing then and stays published until its last token expires.
     pub async fn rotate(
         &self,
         log: &AuditLog,
+        purpose: &str,
         alg: Alg,
         lead_ms: i64,
         now_ms: i64,
         correlation_id: &str,
     ) -> Result<String, KeyringError> {
         let activate_at = now_ms + lead_ms.max(0);
-        let new_key = new_stored_key(&self.kek, PURPOSE_TOKEN, alg, now_ms, activate_at)?;
+        let new_key = new_stored_key(&self.kek, purpose, alg, now_ms, activate_at)?;
         let kid = new_key.kid.clone();
         let replaced: Vec<String> = self
             .loaded
             .read()
             .values()
-            .filter(|l| l.meta.purpose == PURPOSE_TOKEN && l.key.alg() == alg && l.meta.retire_at_ms.is_none())
+            .filter(|l| l.meta.purpose == purpose && l.key.alg() == alg && l.meta.retire_at_ms.is_none())
             .map(|l| l.meta.kid.clone())
             .collect();
         let event = key_event("key.rotate", &new_key).with_correlation(correlation_id);
@@ -175,33 +213,36 @@ fn load_into(kek: &Kek, loaded: &mut HashMap<String, Loaded>, stored: Vec<Stored
 }
 
 /// Picks, for `now_ms`, the newest activated and unretired key per purpose and algorithm, and
-/// the token keys to publish.
+/// per purpose the keys to publish.
 fn select(loaded: &HashMap<String, Loaded>, now_ms: i64, max_token_ttl_ms: i64) -> Result<Snapshot, KeyringError> {
-    let active = |purpose: &str, alg: Alg| {
-        loaded
-            .values()
-            .filter(|l| l.meta.purpose == purpose && l.key.alg() == alg)
-            .filter(|l| l.meta.activate_at_ms <= now_ms && l.meta.retire_at_ms.is_none_or(|r| now_ms < r))
-            .max_by_key(|l| (l.meta.activate_at_ms, l.meta.kid.clone()))
-            .map(|l| Arc::clone(&l.key))
-    };
-    let mut token_signers = HashMap::new();
-    for alg in [Alg::EdDSA, Alg::ES256] {
-        if let Some(key) = active(PURPOSE_TOKEN, alg) {
-            token_signers.insert(alg, key);
+    let mut snapshot = Snapshot::default();
+    let signs_now = |l: &Loaded| l.meta.activate_at_ms <= now_ms && l.meta.retire_at_ms.is_none_or(|r| now_ms < r);
+    for l in loaded.values().filter(|l| signs_now(l)) {
+        let slot = (l.meta.purpose.clone(), l.key.alg());
+        let newer = snapshot.signers.get(&slot).is_none_or(|current| {
+            let current_meta = &loaded[current.kid()].meta;
+            (l.meta.activate_at_ms, &l.meta.kid) > (current_meta.activate_at_ms, &current_meta.kid)
+        });
+        if newer {
+            snapshot.signers.insert(slot, Arc::clone(&l.key));
         }
     }
-    let audit = active(PURPOSE_AUDIT, Alg::EdDSA).ok_or(KeyringError::NoActiveKey("audit"))?;
-    let mut published: Vec<(i64, PublicKey)> = loaded
-        .values()
-        .filter(|l| l.meta.purpose == PURPOSE_TOKEN)
-        .filter(|l| l.meta.retire_at_ms.is_none_or(|r| now_ms < r + max_token_ttl_ms))
-        .map(|l| (l.meta.activate_at_ms, l.key.public().clone()))
-        .collect();
-    published.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.kid().cmp(b.1.kid())));
-    let published: Vec<PublicKey> = published.into_iter().map(|(_, k)| k).collect();
-    let jwks = json!({"keys": published.iter().map(|k| k.jwk().clone()).collect::<Vec<_>>()});
-    Ok(Snapshot { token_signers, audit, published: Arc::new(published), jwks: Arc::new(jwks) })
+    let mut by_purpose: HashMap<String, Vec<(i64, PublicKey)>> = HashMap::new();
+    for l in loaded.values().filter(|l| l.meta.retire_at_ms.is_none_or(|r| now_ms < r + max_token_ttl_ms)) {
+        by_purpose.entry(l.meta.purpose.clone()).or_default().push((l.meta.activate_at_ms, l.key.public().clone()));
+    }
+    for (purpose, mut keys) in by_purpose {
+        keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.kid().cmp(b.1.kid())));
+        let keys: Vec<PublicKey> = keys.into_iter().map(|(_, k)| k).collect();
+        let jwks = json!({"keys": keys.iter().map(|k| k.jwk().clone()).collect::<Vec<_>>()});
+        snapshot.published.insert(purpose, (Arc::new(keys), Arc::new(jwks)));
+    }
+    for &(purpose, alg) in REQUIRED {
+        if !snapshot.signers.contains_key(&(purpose.to_owned(), alg)) {
+            return Err(KeyringError::NoActiveKey(purpose.to_owned()));
+        }
+    }
+    Ok(snapshot)
 }
 
 fn new_stored_key(

@@ -30,6 +30,8 @@ pub struct AuditEvent {
     pub detail: Option<String>,
     pub agent: Option<String>,
     pub owner: Option<String>,
+    /// The principal acted for, or the external subject of a federated token.
+    pub subject: Option<String>,
     pub client: Option<String>,
     pub resource: Option<String>,
     pub scope: Option<String>,
@@ -46,6 +48,7 @@ impl AuditEvent {
             detail: None,
             agent: None,
             owner: None,
+            subject: None,
             client: None,
             resource: None,
             scope: None,

@@ -269,7 +269,9 @@ pub async fn keys(authz: &Authz, cmd: KeysCmd, out: &Output) -> anyhow::Result<(
         KeysCmd::Rotate { alg, activate_in } => {
             let alg = Alg::parse(&alg).with_context(|| format!("--alg {alg:?}: use EdDSA or ES256"))?;
             let lead = activate_in.unwrap_or(authz.config.key_publish_lead_secs).max(0);
-            let kid = authz.keys.rotate(&authz.log, alg, lead * 1000, authz.clock.now_ms(), &correlation()).await?;
+            let purpose = mandate_authz::keyring::PURPOSE_TOKEN;
+            let kid =
+                authz.keys.rotate(&authz.log, purpose, alg, lead * 1000, authz.clock.now_ms(), &correlation()).await?;
             out.show(&json!({"kid": kid, "alg": alg.as_str(), "activates_in_secs": lead}), || {
                 format!("new {} key {kid} is published now and signs in {lead} s", alg.as_str())
             })

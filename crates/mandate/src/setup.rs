@@ -37,7 +37,7 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
     let trust_domain = TrustDomain::parse(settings.trust_domain())?;
     let stored_origin = store.setting(SETTING_AUDIT_ORIGIN).await?;
     let origin = stored_origin.clone().unwrap_or_else(|| format!("{trust_domain}/audit"));
-    let signer = CheckpointSigner::new(keys.audit_key(), &origin)?;
+    let signer = CheckpointSigner::new(keys.audit_key()?, &origin)?;
     let policy = CheckpointPolicy {
         every_events: settings.audit_checkpoint_events.unwrap_or(1000).max(1),
         every: Duration::from_millis(settings.audit_checkpoint_ms.unwrap_or(10_000).max(100)),

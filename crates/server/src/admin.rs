@@ -287,7 +287,7 @@ async fn rotate_key(admin: Admin, State(s): State<AppState>, Json(body): Json<Ro
     let kid = s
         .authz
         .keys
-        .rotate(&s.authz.log, alg, lead_secs * 1000, now, &admin.correlation)
+        .rotate(&s.authz.log, mandate_authz::keyring::PURPOSE_TOKEN, alg, lead_secs * 1000, now, &admin.correlation)
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &e.to_string()))?;
     Ok(Json(json!({"kid": kid, "alg": alg.as_str(), "activates_at_ms": now + lead_secs.max(0) * 1000})).into_response())
