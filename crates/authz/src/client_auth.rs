@@ -9,7 +9,9 @@ use mandate_store::Mutation;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::{Authz, store_failure};
+use mandate_core::AuditEvent;
+
+use crate::{Authz, audit_failure, store_failure};
 
 pub const ASSERTION_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Header `typ` values accepted on client assertions (draft-ietf-oauth-rfc7523bis, and plain JWT).
@@ -38,23 +40,20 @@ impl Presented {
 }
 
 /// A client that proved who it is, with the agent it acts as.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedClient {
     pub client: Client,
     pub agent: Agent,
-    /// For assertions: the `jti` to burn in the same transaction as the request's outcome.
-    pub replay_guard: Option<Mutation>,
 }
 
-impl PartialEq for AuthenticatedClient {
-    fn eq(&self, other: &Self) -> bool {
-        self.client == other.client && self.agent == other.agent
-    }
-}
-
-impl Eq for AuthenticatedClient {}
-
-pub async fn authenticate(authz: &Authz, presented: Presented) -> Result<AuthenticatedClient, OAuthError> {
+/// Authenticates the client. A valid client assertion is spent here, before the request is
+/// processed further: it is single-use whatever the request's outcome (RFC 7523 §3), so a
+/// replayed one never reaches grant checks that could reveal anything.
+pub async fn authenticate(
+    authz: &Authz,
+    presented: Presented,
+    correlation_id: &str,
+) -> Result<AuthenticatedClient, OAuthError> {
     let (client, replay_guard) = match presented {
         Presented::None => return Err(OAuthError::invalid_client("client authentication is required")),
         Presented::Secret { client_id, secret, method } => {
@@ -71,7 +70,17 @@ pub async fn authenticate(authz: &Authz, presented: Presented) -> Result<Authent
         .await
         .map_err(store_failure)?
         .ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))?;
-    Ok(AuthenticatedClient { client, agent, replay_guard })
+    if let Some((guard, jti)) = replay_guard {
+        let mut event = AuditEvent::allow("client.authenticate", correlation_id)
+            .with_detail(format!("private_key_jwt assertion jti={jti}"));
+        event.client = Some(client.client_id.clone());
+        event.agent = Some(agent.spiffe_id.to_string());
+        event.owner = Some(agent.owner.to_string());
+        if authz.log.apply(guard, event).await.map_err(audit_failure)?.is_err() {
+            return Err(assertion_replayed());
+        }
+    }
+    Ok(AuthenticatedClient { client, agent })
 }
 
 async fn check_secret(
@@ -98,7 +107,7 @@ async fn check_assertion(
     authz: &Authz,
     client_id_param: Option<&str>,
     assertion: &str,
-) -> Result<(Client, Mutation), OAuthError> {
+) -> Result<(Client, (Mutation, String)), OAuthError> {
     let bad = |why: &str| OAuthError::invalid_client(format!("client assertion rejected: {why}"));
     let unverified = peek_claims(assertion).map_err(|e| bad(&e.to_string()))?;
     let subject = unverified.get("sub").and_then(Value::as_str).ok_or_else(|| bad("no \"sub\""))?;
@@ -144,7 +153,7 @@ async fn check_assertion(
         id: format!("client-assertion:{}:{jti}", client.client_id),
         expires_at_secs: exp + config.leeway_secs,
     };
-    Ok((client, guard))
+    Ok((client, (guard, jti.to_owned())))
 }
 
 /// The public keys a `private_key_jwt` client registered.

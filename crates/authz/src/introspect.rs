@@ -7,7 +7,6 @@ use mandate_crypto::{VerifyOptions, verify_jwt};
 use mandate_store::EpochKind;
 use serde_json::{Map, Value, json};
 
-use crate::client_auth::assertion_replayed;
 use crate::token::{ACCESS_TOKEN_TYP, OWNER_CLAIM};
 use crate::{Authz, Caller, conclude, store_failure};
 
@@ -118,26 +117,19 @@ pub async fn introspect(
                 describe_token(&mut event, issued);
             }
             event = event.refused("inactive", &why.describe());
-            Ok((json!({"active": false}), replay_guard(caller)))
+            Ok((json!({"active": false}), None))
         }
         Ok(Liveness::Active(issued)) => {
             describe_token(&mut event, &issued);
             if may_see(caller, &issued) {
-                Ok((active_response(&issued), replay_guard(caller)))
+                Ok((active_response(&issued), None))
             } else {
                 event = event.refused("inactive", "token belongs to another client");
-                Ok((json!({"active": false}), replay_guard(caller)))
+                Ok((json!({"active": false}), None))
             }
         }
     };
-    conclude(authz, event, outcome, |_| assertion_replayed()).await
-}
-
-pub(crate) fn replay_guard(caller: &Caller) -> Option<mandate_store::Mutation> {
-    match caller {
-        Caller::Admin => None,
-        Caller::Client(c) => c.replay_guard.clone(),
-    }
+    conclude(authz, event, outcome, |e| OAuthError::server_error(e.to_string())).await
 }
 
 pub(crate) fn describe_token(event: &mut AuditEvent, issued: &IssuedToken) {

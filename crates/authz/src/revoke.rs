@@ -4,9 +4,8 @@
 use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode};
 use mandate_store::{EpochKind, Mutation};
 
-use crate::client_auth::assertion_replayed;
-use crate::introspect::{describe_token, parse_issued, replay_guard};
-use crate::{Authz, Caller, audit_failure, conclude, store_failure};
+use crate::introspect::{describe_token, parse_issued};
+use crate::{Authz, Caller, conclude, store_failure};
 
 /// RFC 7009: always 200 for tokens that are unknown, invalid or not the caller's (nothing is
 /// revoked then, and the audit log says why); revokes the caller's own (or, for admins, any) token.
@@ -34,18 +33,7 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
             }
         }
     };
-    let mutation = match (mutation, replay_guard(caller)) {
-        (Some(revocation), Some(guard)) => {
-            // Burn the assertion first, on its own: a replayed assertion must revoke nothing.
-            let burn = AuditEvent::allow("client.assertion.use", correlation_id);
-            if authz.log.apply(guard, burn).await.map_err(audit_failure)?.is_err() {
-                return Err(assertion_replayed());
-            }
-            Some(revocation)
-        }
-        (revocation, guard) => revocation.or(guard),
-    };
-    conclude(authz, event, Ok(((), mutation)), |_| assertion_replayed()).await
+    conclude(authz, event, Ok(((), mutation)), |e| OAuthError::server_error(e.to_string())).await
 }
 
 /// The kill switch. Refuses unknown subjects (so a typo is not mistaken for a revocation).

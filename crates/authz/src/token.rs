@@ -6,7 +6,7 @@ use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode, Resource, ResourceUri
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client_auth::{AuthenticatedClient, Presented, assertion_replayed, authenticate};
+use crate::client_auth::{AuthenticatedClient, Presented, authenticate};
 use crate::{Authz, conclude, new_jti, store_failure};
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -37,16 +37,17 @@ pub async fn token(authz: &Authz, request: TokenRequest, correlation_id: &str) -
     let mut event = AuditEvent::allow("token.issue", correlation_id);
     event.client = request.presented.claimed_client_id();
     event.resource = request.resources.first().cloned();
-    let outcome = grant(authz, request, &mut event).await;
-    conclude(authz, event, outcome, |_| assertion_replayed()).await
+    let outcome = grant(authz, request, &mut event, correlation_id).await.map(|response| (response, None));
+    conclude(authz, event, outcome, |e| OAuthError::server_error(e.to_string())).await
 }
 
 async fn grant(
     authz: &Authz,
     request: TokenRequest,
     event: &mut AuditEvent,
-) -> Result<(TokenResponse, Option<mandate_store::Mutation>), OAuthError> {
-    let client = authenticate(authz, request.presented).await?;
+    correlation_id: &str,
+) -> Result<TokenResponse, OAuthError> {
+    let client = authenticate(authz, request.presented, correlation_id).await?;
     describe_client(event, &client);
     match request.grant_type.as_deref() {
         None => return Err(OAuthError::invalid_request("grant_type is required")),
@@ -61,8 +62,7 @@ async fn grant(
     let resource = target_resource(authz, &request.resources).await?;
     let scope = granted_scope(&client, &resource, request.scope.as_deref())?;
     event.scope = Some(scope.to_string());
-    let response = sign_access_token(authz, &client, &resource, &scope, event)?;
-    Ok((response, client.replay_guard))
+    sign_access_token(authz, &client, &resource, &scope, event)
 }
 
 pub(crate) fn describe_client(event: &mut AuditEvent, client: &AuthenticatedClient) {

@@ -13,7 +13,7 @@ pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 3600;
 const MIN_ACCESS_TOKEN_TTL_SECS: i64 = 30;
 
 /// Environment variables that are not config keys but are still ours.
-const OTHER_ENV: &[&str] = &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES"];
+const OTHER_ENV: &[&str] = &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES", "MANDATE_BIN"];
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

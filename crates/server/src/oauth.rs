@@ -95,7 +95,7 @@ async fn caller_and_token(
         None => {
             let presented = audited(state, action, correlation, presented_credentials(headers, &mut form)).await?;
             let basic = matches!(presented, Presented::Secret { method: ClientAuthMethod::ClientSecretBasic, .. });
-            let client = match authenticate(&state.authz, presented).await {
+            let client = match authenticate(&state.authz, presented, correlation).await {
                 Ok(client) => client,
                 Err(e) => return Err(refuse(state, action, correlation, challenge(e, basic)).await),
             };

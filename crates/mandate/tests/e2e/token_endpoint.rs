@@ -331,13 +331,17 @@ async fn private_key_jwt_assertions_are_single_use_and_checked() {
         (status, body["error"].as_str().unwrap_or("").to_owned())
     };
 
-    // A refused request (bad resource) must not burn the assertion's jti...
+    // An assertion is spent once presented and valid, whatever the request's outcome...
     let first = assertion("jti-1", now + 120, &server.base);
     let refused = status_and_error(send(first.clone(), "https://elsewhere.example").await.unwrap()).await;
     assert_eq!(refused, (400, "invalid_target".to_owned()));
-    // ...so the same assertion still works once, and only once.
-    assert_eq!(send(first.clone(), RESOURCE).await.unwrap().status(), 200);
+    // ...so a replay is refused at client authentication, before any grant check could leak
+    // whether a resource exists.
     let replayed = status_and_error(send(first, RESOURCE).await.unwrap()).await;
+    assert_eq!(replayed, (401, "invalid_client".to_owned()));
+    let second = assertion("jti-1b", now + 120, &server.base);
+    assert_eq!(send(second.clone(), RESOURCE).await.unwrap().status(), 200);
+    let replayed = status_and_error(send(second, "https://elsewhere.example").await.unwrap()).await;
     assert_eq!(replayed, (401, "invalid_client".to_owned()));
 
     let token_endpoint_aud = assertion("jti-2", now + 120, &server.url("/oauth2/token"));
@@ -371,7 +375,9 @@ async fn private_key_jwt_assertions_are_single_use_and_checked() {
         .iter()
         .filter(|e| e["client"] == "signer-client" && e["decision"] == "deny" && e["action"] == "token.issue")
         .count();
-    assert_eq!(replay_event, 7, "every refused assertion is audited");
+    assert_eq!(replay_event, 8, "every refused request is audited");
+    let spent = events.iter().filter(|e| e["action"] == "client.authenticate").count();
+    assert_eq!(spent, 5, "each valid assertion is spent once, replays refused: {spent}");
 }
 
 #[tokio::test]

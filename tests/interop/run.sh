@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Interop tests: Mandate driven by OAuth/JOSE clients nobody on the project wrote.
+#   tests/interop/run.sh            build target/debug/mandate, then run the suite
+#   MANDATE_BIN=/path/mandate tests/interop/run.sh   use that binary, build nothing
+# Extra arguments go to pytest (e.g. -k audit -x).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+
+venv="$here/.venv"
+if [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >/dev/null 2>&1; then
+    python="$venv/bin/python"
+else
+    echo "run.sh: python3 -m venv is unavailable; installing with pip --user" >&2
+    python="python3"
+fi
+pip_args=(-q install --disable-pip-version-check -r "$here/requirements.txt")
+if [ "$python" = "python3" ]; then
+    pip_args+=(--user)
+fi
+"$python" -m pip "${pip_args[@]}"
+
+if [ -z "${MANDATE_BIN:-}" ]; then
+    cargo build -p mandate
+    export MANDATE_BIN="$root/target/debug/mandate"
+fi
+
+set +e
+"$python" -m pytest -q tests/interop "$@"
+status=$?
+set -e
+exit "$status"
