@@ -6,5 +6,6 @@ mod admin_api;
 mod audit;
 mod harness;
 mod keys_and_config;
+mod postgres;
 mod token_endpoint;
 mod token_lifecycle;
