@@ -8,13 +8,22 @@ mod oauth;
 mod reply;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mandate_authz::Authz;
 use mandate_crypto::{constant_time_eq, hash_secret};
+use tower_http::timeout::TimeoutLayer;
 
 pub use reply::MAX_FORM_BYTES;
+
+/// Largest JSON body the admin API reads.
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// A request (body included) that takes longer is answered 408, so slow clients can't pin tasks.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared request state.
 #[derive(Clone)]
@@ -42,4 +51,6 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/revoke", post(oauth::revoke))
         .nest("/admin/api/v1", admin::routes())
         .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
 }
