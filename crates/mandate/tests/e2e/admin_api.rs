@@ -99,7 +99,8 @@ async fn admin_api_refuses_bad_input_and_changes_nothing() {
     let (status, _) = call(&server, post.clone(), "/owners", Some(json!({"name": "z", "extra": 1})), true).await;
     assert_eq!(status, 422, "unknown fields are refused");
     let huge = "x".repeat(100 * 1024);
-    let (status, _) = call(&server, post.clone(), "/owners", Some(json!({"name": "z", "display_name": huge})), true).await;
+    let (status, _) =
+        call(&server, post.clone(), "/owners", Some(json!({"name": "z", "display_name": huge})), true).await;
     assert_eq!(status, 413, "admin bodies are bounded");
     let (status, answer) = call(&server, reqwest::Method::DELETE, "/owners/alice", None, true).await;
     assert_eq!((status, answer["error"].as_str()), (409, Some("in_use")), "an owner with agents stays");

@@ -65,13 +65,24 @@ impl Server {
 
     /// Runs a CLI command against this server's data directory; panics unless it succeeds.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = self.cli_raw(args);
+        self.cli_env(&[], args)
+    }
+
+    pub fn cli_raw(&self, args: &[&str]) -> Output {
+        self.cli_raw_env(&[], args)
+    }
+
+    /// A CLI command with extra environment (the server's own config, for instance).
+    pub fn cli_env(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let out = self.cli_raw_env(env, args);
         assert!(out.status.success(), "mandate {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
-    pub fn cli_raw(&self, args: &[&str]) -> Output {
-        Command::new(bin()).arg("--data-dir").arg(self.data_dir()).args(args).output().unwrap()
+    fn cli_raw_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut command = Command::new(bin());
+        command.envs(env.iter().copied()).arg("--data-dir").arg(self.data_dir()).args(args);
+        command.output().unwrap()
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {

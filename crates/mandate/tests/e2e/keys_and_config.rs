@@ -112,17 +112,8 @@ async fn ttl_and_algorithm_come_from_config() {
     )
     .unwrap();
     let server = Server::start_in(dir, &[("MANDATE_CONFIG", config.to_str().unwrap())]);
-    let with_config = |args: &[&str]| {
-        let out = std::process::Command::new(crate::harness::bin())
-            .env("MANDATE_CONFIG", &config)
-            .arg("--data-dir")
-            .arg(server.data_dir())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let env = [("MANDATE_CONFIG", config.to_str().unwrap())];
+    let with_config = |args: &[&str]| server.cli_env(&env, args);
     with_config(&["owner", "create", "alice"]);
     with_config(&["resource", "create", crate::harness::RESOURCE, "--scope", "read"]);
     with_config(&["agent", "create", "bot", "--owner", "alice", "--scope", "read"]);

@@ -16,7 +16,11 @@ struct Schema {
 
 impl Schema {
     fn create() -> Self {
-        let name = format!("e2e_{}_{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let name = format!(
+            "e2e_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        );
         psql(&format!("CREATE SCHEMA {name}"));
         Self { name }
     }
@@ -35,7 +39,8 @@ impl Drop for Schema {
 }
 
 fn psql(sql: &str) {
-    let out = Command::new("psql").arg(database_url()).args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql]).output().unwrap();
+    let out =
+        Command::new("psql").arg(database_url()).args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql]).output().unwrap();
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -44,21 +49,13 @@ async fn serves_tokens_and_one_audit_chain_from_postgres() {
     let schema = Schema::create();
     let url = schema.url();
     let server = Server::start_in(tempfile::tempdir().unwrap(), &[("MANDATE_DATABASE", &url)]);
-    let cli = |args: &[&str]| {
-        let out = Command::new(crate::harness::bin())
-            .env("MANDATE_DATABASE", &url)
-            .arg("--data-dir")
-            .arg(server.data_dir())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let env = [("MANDATE_DATABASE", url.as_str())];
+    let cli = |args: &[&str]| server.cli_env(&env, args);
     cli(&["owner", "create", "alice"]);
     cli(&["resource", "create", RESOURCE, "--scope", "read"]);
     cli(&["agent", "create", "bot", "--owner", "alice", "--scope", "read"]);
-    let client: serde_json::Value = serde_json::from_str(&cli(&["--json", "client", "create", "--agent", "bot"])).unwrap();
+    let client: serde_json::Value =
+        serde_json::from_str(&cli(&["--json", "client", "create", "--agent", "bot"])).unwrap();
     let (id, secret) = (client["client_id"].as_str().unwrap(), client["client_secret"].as_str().unwrap());
 
     // The server and the CLI are two processes appending to the same chain concurrently.
