@@ -2,9 +2,11 @@
 //! per-token revocation, and the agent/owner/client "not before" epochs), and RFC 7662
 //! introspection on top of it.
 
+use std::sync::Arc;
+
 use mandate_core::{AuditEvent, OAuthError};
 use mandate_crypto::{VerifyOptions, verify_jwt};
-use mandate_store::EpochKind;
+use mandate_guard::StoreRevocation;
 use serde_json::{Map, Value, json};
 
 use crate::token::{ACCESS_TOKEN_TYP, OWNER_CLAIM};
@@ -26,16 +28,14 @@ pub struct IssuedToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inactive {
     Invalid(String),
-    Revoked,
-    RevokedBySubject,
+    Revoked(&'static str),
 }
 
 impl Inactive {
     fn describe(&self) -> String {
         match self {
             Self::Invalid(why) => format!("invalid: {why}"),
-            Self::Revoked => "token was revoked".into(),
-            Self::RevokedBySubject => "agent, owner or client was revoked after issuance".into(),
+            Self::Revoked(why) => (*why).to_owned(),
         }
     }
 }
@@ -55,11 +55,11 @@ pub fn parse_issued(authz: &Authz, token: &str) -> Result<IssuedToken, Inactive>
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
     let number = |name: &str| claims.get(name).and_then(Value::as_i64);
     let missing = |name: &str| Inactive::Invalid(format!("claim {name:?} is missing"));
-    let agent_prefix = format!("spiffe://{}/agent/", authz.config.trust_domain);
+    let agents = revocation(authz);
     Ok(IssuedToken {
         jti: text("jti").ok_or_else(|| missing("jti"))?,
         client_id: text("client_id").ok_or_else(|| missing("client_id"))?,
-        agent: text("sub").and_then(|s| s.strip_prefix(&agent_prefix).map(str::to_owned)),
+        agent: text("sub").and_then(|s| agents.agent_name(&s).map(str::to_owned)),
         owner: text(OWNER_CLAIM),
         iat: number("iat").ok_or_else(|| missing("iat"))?,
         exp: number("exp").ok_or_else(|| missing("exp"))?,
@@ -80,23 +80,19 @@ pub async fn check_active(authz: &Authz, token: &str) -> Result<Liveness, OAuthE
         Ok(t) => t,
         Err(inactive) => return Ok(Liveness::Inactive(None, inactive)),
     };
-    if authz.store.is_token_revoked(&issued.jti).await.map_err(store_failure)? {
-        return Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::Revoked));
+    let revoked = revocation(authz)
+        .check(&issued.jti, issued.iat, &issued.client_id, issued.agent.as_deref(), issued.owner.as_deref())
+        .await
+        .map_err(|e| store_failure(mandate_store::StoreError::Database(e)))?;
+    match revoked {
+        Some(reason) => Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::Revoked(reason))),
+        None => Ok(Liveness::Active(issued)),
     }
-    let mut subjects = vec![(EpochKind::Client, issued.client_id.as_str())];
-    if let Some(agent) = &issued.agent {
-        subjects.push((EpochKind::Agent, agent));
-    }
-    if let Some(owner) = &issued.owner {
-        subjects.push((EpochKind::Owner, owner));
-    }
-    // Epochs are whole seconds and inclusive: a token issued in the same second as a kill
-    // switch is treated as issued before it.
-    let epoch = authz.store.revoked_before(&subjects).await.map_err(store_failure)?;
-    if epoch.is_some_and(|not_before| issued.iat <= not_before) {
-        return Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::RevokedBySubject));
-    }
-    Ok(Liveness::Active(issued))
+}
+
+/// Revocation state as the guard reads it, so the AS and co-located resource servers agree.
+fn revocation(authz: &Authz) -> StoreRevocation {
+    StoreRevocation::new(Arc::clone(&authz.store), authz.config.trust_domain.as_str())
 }
 
 /// RFC 7662: `{"active": false}` for anything not live or not visible to the caller.

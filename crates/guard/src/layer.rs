@@ -1,0 +1,61 @@
+//! The guard as axum middleware: `from_fn_with_state(Required::new(guard, "read")?, require_scopes)`
+//! in front of a route verifies the token, refuses with a challenge, or hands the handler the
+//! [`Principal`](crate::Principal) as a request extension.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mandate_core::{ScopeSet, ValidationError};
+
+use crate::challenge::{Rejection, RejectionKind};
+use crate::verify::Guard;
+
+/// A guard and the scopes one route needs.
+#[derive(Clone)]
+pub struct Required {
+    guard: Arc<Guard>,
+    scopes: ScopeSet,
+}
+
+impl Required {
+    pub fn new(guard: Arc<Guard>, scopes: &str) -> Result<Self, ValidationError> {
+        Ok(Self { guard, scopes: ScopeSet::parse(scopes)? })
+    }
+}
+
+/// Middleware body; see the module docs.
+pub async fn require_scopes(State(required): State<Required>, mut request: Request, next: Next) -> Response {
+    if let Err(rejection) = refuse_ambiguous(&required, &request) {
+        return rejection.into_response();
+    }
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match required.guard.check(authorization, &required.scopes).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// Two `Authorization` headers, or a token in the query string (forbidden by OAuth 2.1), make the
+/// request malformed rather than merely unauthenticated.
+fn refuse_ambiguous(required: &Required, request: &Request) -> Result<(), Rejection> {
+    let repeated = request.headers().get_all(header::AUTHORIZATION).iter().count() > 1;
+    let in_query =
+        request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("access_token")));
+    if !repeated && !in_query {
+        return Ok(());
+    }
+    let description =
+        if repeated { "more than one Authorization header" } else { "tokens are not accepted in the query" };
+    Err(Rejection {
+        kind: RejectionKind::InvalidRequest,
+        description: description.into(),
+        scope: None,
+        resource_metadata: required.guard.config().resource_metadata_url.clone(),
+    })
+}

@@ -1,0 +1,14 @@
+//! Resource-server side of Mandate: verifies that a request's bearer token was issued by a
+//! trusted authorization server *for this resource* (RFC 9068 + RFC 8707), checks scope and
+//! revocation, and answers refusals with RFC 6750/9728 `WWW-Authenticate` challenges that point
+//! clients at this resource's Protected Resource Metadata. Plain API plus an axum middleware.
+
+mod challenge;
+mod layer;
+mod prm;
+mod verify;
+
+pub use challenge::{Rejection, RejectionKind};
+pub use layer::{Required, require_scopes};
+pub use prm::{metadata_url, protected_resource_metadata};
+pub use verify::{Guard, GuardConfig, KeySource, Principal, RevocationCheck, StaticKeys, StoreRevocation};
