@@ -3,7 +3,7 @@
 
 use mandate_core::{Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, ScopeSet};
 use mandate_crypto::{hash_secret, random_token};
-use mandate_store::{Mutation, MutationError};
+use mandate_store::{EpochKind, Mutation, MutationError};
 
 use crate::client_auth::parse_jwks;
 use crate::{Authz, audit_failure};
@@ -173,7 +173,9 @@ pub async fn create_resource(
     change(authz, event, prepared).await
 }
 
-/// Deletes a record; refused while others reference it (an owner with agents, an agent with clients).
+/// Deletes a record; refused while others reference it (an owner with agents, an agent with
+/// clients). Deleting an owner, agent or client also revokes every token issued to it, so nothing
+/// outlives the record that vouched for it.
 pub async fn delete(authz: &Authz, kind: RecordKind, key: &str, correlation_id: &str) -> Result<(), RegistryError> {
     let mut event = AuditEvent::allow(format!("registry.{}.delete", kind.as_str()), correlation_id);
     let key = key.to_owned();
@@ -184,12 +186,24 @@ pub async fn delete(authz: &Authz, kind: RecordKind, key: &str, correlation_id: 
         RecordKind::Resource => event.resource = Some(key.clone()),
     }
     let mutation = match kind {
-        RecordKind::Owner => Mutation::DeleteOwner(key),
-        RecordKind::Agent => Mutation::DeleteAgent(key),
-        RecordKind::Client => Mutation::DeleteClient(key),
-        RecordKind::Resource => Mutation::DeleteResource(key),
+        RecordKind::Owner => Mutation::DeleteOwner(key.clone()),
+        RecordKind::Agent => Mutation::DeleteAgent(key.clone()),
+        RecordKind::Client => Mutation::DeleteClient(key.clone()),
+        RecordKind::Resource => Mutation::DeleteResource(key.clone()),
     };
-    change(authz, event, Ok((mutation, ()))).await
+    change(authz, event, Ok((mutation, ()))).await?;
+    let epoch_kind = match kind {
+        RecordKind::Owner => EpochKind::Owner,
+        RecordKind::Agent => EpochKind::Agent,
+        RecordKind::Client => EpochKind::Client,
+        RecordKind::Resource => return Ok(()),
+    };
+    let mut event = AuditEvent::allow(format!("revoke.{}", epoch_kind.as_str()), correlation_id)
+        .with_detail(format!("{} {key} was deleted", kind.as_str()));
+    event.owner = (kind == RecordKind::Owner).then(|| key.clone());
+    event.client = (kind == RecordKind::Client).then(|| key.clone());
+    let revoke = Mutation::RevokeBefore { kind: epoch_kind, name: key, not_before_secs: authz.clock.now_secs() };
+    change(authz, event, Ok((revoke, ()))).await
 }
 
 fn invalid(e: impl ToString) -> RegistryError {

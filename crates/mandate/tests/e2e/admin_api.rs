@@ -43,6 +43,13 @@ async fn registry_round_trip_over_the_admin_api() {
     assert!(client.get("secret_hash").is_none(), "hashes stay inside");
     let (id, secret) = (client["client_id"].as_str().unwrap(), client["client_secret"].as_str().unwrap());
     let token = server.token(id, secret).await;
+    let (_, second) = call(&server, post.clone(), "/clients", Some(json!({"agent": "bot"})), true).await;
+    let second_id = second["client_id"].as_str().unwrap();
+    let live = server.token(second_id, second["client_secret"].as_str().unwrap()).await;
+    assert_eq!(server.introspect(&live).await["active"], true);
+    let (status, _) = call(&server, reqwest::Method::DELETE, &format!("/clients/{second_id}"), None, true).await;
+    assert_eq!(status, 204);
+    assert_eq!(server.introspect(&live).await["active"], false, "a deleted client's tokens die with it");
 
     let (status, listed) = call(&server, reqwest::Method::GET, "/agents", None, true).await;
     assert_eq!((status, listed.as_array().unwrap().len()), (200, 1));
