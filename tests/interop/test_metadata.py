@@ -37,7 +37,10 @@ def test_issuer_is_the_url_the_metadata_came_from(mandate, path):
     assert doc["revocation_endpoint"] == mandate.base_url + "/oauth2/revoke"
     assert doc["jwks_uri"] == mandate.base_url + "/.well-known/jwks.json"
 
-    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert doc["grant_types_supported"] == [
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    ]
     assert set(doc["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic",
         "client_secret_post",

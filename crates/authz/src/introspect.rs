@@ -151,7 +151,8 @@ fn active_response(issued: &IssuedToken) -> Value {
     let mut out = Map::new();
     out.insert("active".into(), Value::Bool(true));
     out.insert("token_type".into(), Value::String("Bearer".into()));
-    for name in ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", OWNER_CLAIM] {
+    let federated = crate::federation::FEDERATED_CLAIM;
+    for name in ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", OWNER_CLAIM, federated] {
         if let Some(v) = issued.claims.get(name) {
             out.insert(name.into(), v.clone());
         }

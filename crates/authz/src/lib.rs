@@ -3,7 +3,9 @@
 //! revocation and the kill switch, and the registry. No HTTP here; `server` maps requests in.
 
 pub mod client_auth;
+pub mod federation;
 pub mod introspect;
+pub mod jwks_fetch;
 pub mod keyring;
 pub mod registry;
 pub mod revoke;
@@ -32,6 +34,9 @@ pub struct AuthzConfig {
     pub max_assertion_lifetime_secs: i64,
     /// How long a rotated-in key is published before it signs (default rotation lead).
     pub key_publish_lead_secs: i64,
+    /// Lets federation rules name http:// issuers and JWKS URLs on loopback and fetch from
+    /// internal addresses. For tests on one host only; off in any real deployment.
+    pub allow_insecure_federation: bool,
 }
 
 impl AuthzConfig {
@@ -48,6 +53,8 @@ pub struct Authz {
     pub keys: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<AuthzConfig>,
+    /// Federated issuers' fetched JWK Sets.
+    pub jwks_cache: Arc<jwks_fetch::JwksCache>,
 }
 
 /// Who called an endpoint, once authenticated, for audit and authorisation decisions.

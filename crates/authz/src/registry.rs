@@ -206,6 +206,42 @@ pub async fn delete(authz: &Authz, kind: RecordKind, key: &str, correlation_id: 
     change(authz, event, Ok((revoke, ()))).await
 }
 
+/// Creates a workload identity federation rule (see `crate::federation` for what is checked).
+pub async fn create_federation_rule(
+    authz: &Authz,
+    new: crate::federation::NewFederationRule,
+    correlation_id: &str,
+) -> Result<mandate_core::FederationRule, RegistryError> {
+    let mut event = AuditEvent::allow("trust.federation.create", correlation_id);
+    event.agent = Some(authz.config.trust_domain.agent_id_str(&new.agent));
+    event.subject = Some(format!("{}#{}", new.issuer, new.subject));
+    let prepared = crate::federation::validate_rule(authz, new)
+        .await
+        .map_err(RegistryError::Invalid)
+        .map(|rule| (Mutation::CreateFederationRule(rule.clone()), rule));
+    if let Ok((_, rule)) = &prepared {
+        event.client = Some(format!("{}{}", crate::federation::CLIENT_PREFIX, rule.name));
+        event.detail = Some(format!(
+            "rule={} subject_match={} claims={} max_ttl_secs={} keys={}",
+            rule.name,
+            rule.subject_match.as_str(),
+            rule.claims.len(),
+            rule.max_ttl_secs,
+            rule.jwks_url.as_deref().unwrap_or(if rule.jwks.is_some() { "inline" } else { "local jwt-svid" }),
+        ));
+    }
+    change(authz, event, prepared).await
+}
+
+/// Deletes a federation rule; tokens already issued under it stay valid until they expire
+/// (revoke the agent to end them at once).
+pub async fn delete_federation_rule(authz: &Authz, name: &str, correlation_id: &str) -> Result<(), RegistryError> {
+    let mut event = AuditEvent::allow("trust.federation.delete", correlation_id);
+    event.client = Some(format!("{}{name}", crate::federation::CLIENT_PREFIX));
+    event.detail = Some(format!("rule={name}"));
+    change(authz, event, Ok((Mutation::DeleteFederationRule(name.to_owned()), ()))).await
+}
+
 fn invalid(e: impl ToString) -> RegistryError {
     RegistryError::Invalid(e.to_string())
 }

@@ -1,12 +1,15 @@
-//! The token endpoint's grants. Foundation: `client_credentials`, issuing RFC 9068 JWT access
-//! tokens bound to exactly one registered resource (RFC 8707) with the intersection of the
-//! requested, the resource's and the agent's scopes.
+//! The token endpoint's grants: `client_credentials`, and the RFC 7523 `jwt-bearer` grant of
+//! workload identity federation (`crate::federation`). Both issue RFC 9068 JWT access tokens
+//! bound to exactly one registered resource (RFC 8707) with the intersection of the requested,
+//! the resource's and the agent's scopes.
 
-use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode, Resource, ResourceUri, ScopeSet};
+use mandate_core::{Agent, AuditEvent, OAuthError, OAuthErrorCode, Resource, ResourceUri, ScopeSet};
+use mandate_store::Mutation;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::client_auth::{AuthenticatedClient, Presented, authenticate};
+use crate::federation::GRANT_JWT_BEARER;
 use crate::{Authz, conclude, new_jti, store_failure};
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -22,6 +25,8 @@ pub struct TokenRequest {
     pub resources: Vec<String>,
     pub scope: Option<String>,
     pub presented: Presented,
+    /// The `assertion` parameter of the jwt-bearer grant (RFC 7523 §2.1).
+    pub assertion: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -32,37 +37,71 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
-/// Handles a token request; every outcome is audited before it is returned.
+/// Handles a token request; every outcome is audited before it is returned. A grant may hand
+/// back a one-time-use guard (a federated assertion's `jti`), committed with the issuance event;
+/// if the store refuses it, the assertion was replayed and no token is returned.
 pub async fn token(authz: &Authz, request: TokenRequest, correlation_id: &str) -> Result<TokenResponse, OAuthError> {
     let mut event = AuditEvent::allow("token.issue", correlation_id);
     event.client = request.presented.claimed_client_id();
     event.resource = request.resources.first().cloned();
-    let outcome = grant(authz, request, &mut event, correlation_id).await.map(|response| (response, None));
-    conclude(authz, event, outcome, |e| OAuthError::server_error(e.to_string())).await
+    let outcome = grant(authz, request, &mut event, correlation_id).await;
+    conclude(authz, event, outcome, |_| crate::federation::assertion_replayed()).await
 }
+
+type Granted = (TokenResponse, Option<Mutation>);
 
 async fn grant(
     authz: &Authz,
     request: TokenRequest,
     event: &mut AuditEvent,
     correlation_id: &str,
-) -> Result<TokenResponse, OAuthError> {
-    let client = authenticate(authz, request.presented, correlation_id).await?;
-    describe_client(event, &client);
-    match request.grant_type.as_deref() {
-        None => return Err(OAuthError::invalid_request("grant_type is required")),
-        Some(GRANT_CLIENT_CREDENTIALS) => {}
-        Some(other) => {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnsupportedGrantType,
-                format!("grant_type {other:?} is not supported"),
-            ));
+) -> Result<Granted, OAuthError> {
+    // The jwt-bearer assertion is itself the credential (RFC 7523 §3.1): client authentication
+    // is optional there, but whatever credentials a request carries must be valid.
+    let optional_client = request.grant_type.as_deref() == Some(GRANT_JWT_BEARER);
+    let client = match request.presented {
+        Presented::None if optional_client => None,
+        presented => Some(authenticate(authz, presented, correlation_id).await?),
+    };
+    if let Some(client) = &client {
+        describe_client(event, client);
+    }
+    let grant_type = request.grant_type.as_deref();
+    let (resources, scope) = (&request.resources, request.scope.as_deref());
+    match (grant_type, client) {
+        (None, _) => Err(OAuthError::invalid_request("grant_type is required")),
+        (Some(GRANT_CLIENT_CREDENTIALS), Some(client)) => {
+            client_credentials(authz, &client, resources, scope, event).await.map(|r| (r, None))
+        }
+        (Some(GRANT_JWT_BEARER), client) => {
+            let assertion = request.assertion.as_deref();
+            crate::federation::jwt_bearer(authz, assertion, client.as_ref(), resources, scope, event).await
+        }
+        (Some(other), _) => {
+            Err(OAuthError::new(OAuthErrorCode::UnsupportedGrantType, format!("grant_type {other:?} is not supported")))
         }
     }
-    let resource = target_resource(authz, &request.resources).await?;
-    let scope = granted_scope(&client, &resource, request.scope.as_deref())?;
+}
+
+async fn client_credentials(
+    authz: &Authz,
+    client: &AuthenticatedClient,
+    resources: &[String],
+    requested_scope: Option<&str>,
+    event: &mut AuditEvent,
+) -> Result<TokenResponse, OAuthError> {
+    let resource = target_resource(authz, resources).await?;
+    let scope = granted_scope(&client.agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
-    sign_access_token(authz, &client, &resource, &scope, event)
+    let token = AccessToken {
+        agent: &client.agent,
+        client_id: &client.client.client_id,
+        resource: &resource,
+        scope: &scope,
+        ttl_secs: authz.config.access_token_ttl_secs,
+        extra: None,
+    };
+    sign_access_token(authz, &token, event)
 }
 
 pub(crate) fn describe_client(event: &mut AuditEvent, client: &AuthenticatedClient) {
@@ -72,7 +111,7 @@ pub(crate) fn describe_client(event: &mut AuditEvent, client: &AuthenticatedClie
 }
 
 /// Exactly one registered resource: the token's audience.
-async fn target_resource(authz: &Authz, requested: &[String]) -> Result<Resource, OAuthError> {
+pub(crate) async fn target_resource(authz: &Authz, requested: &[String]) -> Result<Resource, OAuthError> {
     let invalid_target = |why: String| OAuthError::new(OAuthErrorCode::InvalidTarget, why);
     let raw = match requested {
         [] => return Err(OAuthError::invalid_request("resource is required (RFC 8707)")),
@@ -89,8 +128,8 @@ async fn target_resource(authz: &Authz, requested: &[String]) -> Result<Resource
 }
 
 /// Requested scopes must all exist at the resource; the grant is what the agent may also have.
-fn granted_scope(
-    client: &AuthenticatedClient,
+pub(crate) fn granted_scope(
+    agent: &Agent,
     resource: &Resource,
     requested: Option<&str>,
 ) -> Result<ScopeSet, OAuthError> {
@@ -103,46 +142,54 @@ fn granted_scope(
     if let Some(unknown) = wanted.not_in(&offered).next() {
         return Err(invalid_scope(format!("scope {unknown:?} is not offered by {}", resource.uri)));
     }
-    let allowed = ScopeSet::from_tokens(&client.agent.scopes).map_err(|e| invalid_scope(e.to_string()))?;
+    let allowed = ScopeSet::from_tokens(&agent.scopes).map_err(|e| invalid_scope(e.to_string()))?;
     let granted = wanted.intersection(&allowed);
     if granted.is_empty() {
         return Err(invalid_scope(format!(
             "agent {} may not have any of the requested scopes at {}",
-            client.agent.name, resource.uri
+            agent.name, resource.uri
         )));
     }
     Ok(granted)
 }
 
-fn sign_access_token(
+/// What an access token says: for which agent, issued to which client, for which resource.
+pub(crate) struct AccessToken<'a> {
+    pub agent: &'a Agent,
+    /// The `client_id` claim: a registered client, or `federation:<rule>` for federated tokens.
+    pub client_id: &'a str,
+    pub resource: &'a Resource,
+    pub scope: &'a ScopeSet,
+    pub ttl_secs: i64,
+    /// One more private claim (e.g. `mandate_federated`).
+    pub extra: Option<(&'static str, Value)>,
+}
+
+pub(crate) fn sign_access_token(
     authz: &Authz,
-    client: &AuthenticatedClient,
-    resource: &Resource,
-    scope: &ScopeSet,
+    token: &AccessToken<'_>,
     event: &mut AuditEvent,
 ) -> Result<TokenResponse, OAuthError> {
     let config = &authz.config;
     let now = authz.clock.now_secs();
     let jti = new_jti();
-    let claims = json!({
+    let mut claims = json!({
         "iss": config.issuer,
-        "sub": client.agent.spiffe_id.as_str(),
-        "aud": resource.uri.as_str(),
-        "client_id": client.client.client_id,
-        "scope": scope.to_string(),
+        "sub": token.agent.spiffe_id.as_str(),
+        "aud": token.resource.uri.as_str(),
+        "client_id": token.client_id,
+        "scope": token.scope.to_string(),
         "iat": now,
-        "exp": now + config.access_token_ttl_secs,
+        "exp": now + token.ttl_secs,
         "jti": jti,
-        OWNER_CLAIM: client.agent.owner.as_str(),
+        OWNER_CLAIM: token.agent.owner.as_str(),
     });
+    if let (Some((name, value)), Some(object)) = (&token.extra, claims.as_object_mut()) {
+        object.insert((*name).to_owned(), value.clone());
+    }
     let key = authz.keys.signer(config.access_token_alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let access_token = mandate_crypto::jose::sign_jwt(&key, ACCESS_TOKEN_TYP, &claims)
         .map_err(|e| OAuthError::server_error(e.to_string()))?;
     event.jti = Some(jti);
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: config.access_token_ttl_secs,
-        scope: scope.to_string(),
-    })
+    Ok(TokenResponse { access_token, token_type: "Bearer", expires_in: token.ttl_secs, scope: token.scope.to_string() })
 }

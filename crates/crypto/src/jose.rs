@@ -1,6 +1,6 @@
 //! Compact JWS signing and strict JWT verification. Verification never trusts the header to pick
-//! the algorithm: the key decides, the header must agree, and only EdDSA and ES256 exist here.
-//! Time checks use the caller's clock, not the library's.
+//! the algorithm: the key decides, the header must agree, and only EdDSA, ES256 and (to verify
+//! federated issuers' tokens) RS256 exist here. Time checks use the caller's clock.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -120,6 +120,7 @@ fn allowed_alg(alg: jsonwebtoken::Algorithm) -> Result<Alg, JwtError> {
     match alg {
         jsonwebtoken::Algorithm::EdDSA => Ok(Alg::EdDSA),
         jsonwebtoken::Algorithm::ES256 => Ok(Alg::ES256),
+        jsonwebtoken::Algorithm::RS256 => Ok(Alg::RS256),
         other => Err(JwtError::AlgorithmNotAllowed(format!("{other:?}"))),
     }
 }
@@ -293,5 +294,59 @@ mod tests {
         let huge = "a".repeat(MAX_JWT_BYTES + 1);
         assert_eq!(verify_jwt(&huge, &[key.public().clone()], &opts(150)), Err(JwtError::TooLarge));
         assert!(peek_claims("a.b").is_err());
+    }
+
+    /// Signs `header.claims` with a fresh RSA-2048 key, as a federated issuer would.
+    fn rsa_signed(pair: &aws_lc_rs::rsa::KeyPair, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let mut sig = vec![0u8; pair.public_modulus_len()];
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn rsa_public(pair: &aws_lc_rs::rsa::KeyPair) -> PublicKey {
+        use aws_lc_rs::signature::KeyPair as _;
+        let parts = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        let jwk = json!({"kty": "RSA", "kid": "rsa-1", "n": URL_SAFE_NO_PAD.encode(&parts.n), "e": URL_SAFE_NO_PAD.encode(&parts.e)});
+        PublicKey::from_jwk(&jwk).unwrap()
+    }
+
+    #[test]
+    fn rs256_verifies_and_the_rsa_key_decides_the_algorithm() {
+        crate::init().unwrap();
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa = rsa_public(&pair);
+        assert_eq!(rsa.alg(), Alg::RS256);
+        let keys = [rsa.clone()];
+        let good = rsa_signed(&pair, &json!({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"}), &claims());
+        assert_eq!(verify_jwt(&good, &keys, &opts(150)).unwrap()["sub"], "s");
+        // Without a kid, the only RS256 key is chosen.
+        let no_kid = rsa_signed(&pair, &json!({"alg": "RS256", "typ": "at+jwt"}), &claims());
+        assert!(verify_jwt(&no_kid, &keys, &opts(150)).is_ok());
+        // Forged: signed by another RSA key under the same kid.
+        let other = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let forged = rsa_signed(&other, &json!({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"}), &claims());
+        assert_eq!(verify_jwt(&forged, &keys, &opts(150)), Err(JwtError::BadSignature));
+        // The RSA key named by kid, but the header claims ES256 (signed by an EC key) or HS256
+        // (keyed with the public modulus): both refused before any signature check.
+        let es = SigningKey::generate(Alg::ES256).unwrap();
+        let header = b64(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "rsa-1"}));
+        let input = format!("{header}.{}", b64(&claims()));
+        let confused = format!("{input}.{}", URL_SAFE_NO_PAD.encode(es.sign(input.as_bytes()).unwrap()));
+        assert_eq!(verify_jwt(&confused, &keys, &opts(150)), Err(JwtError::AlgorithmMismatch));
+        let hs = format!("{}.{}.c2ln", b64(&json!({"alg": "HS256", "typ": "at+jwt", "kid": "rsa-1"})), b64(&claims()));
+        assert!(matches!(verify_jwt(&hs, &keys, &opts(150)), Err(JwtError::AlgorithmNotAllowed(_))));
+        for unsupported in ["RS384", "RS512", "PS256"] {
+            let t = rsa_signed(&pair, &json!({"alg": unsupported, "kid": "rsa-1", "typ": "at+jwt"}), &claims());
+            assert!(
+                matches!(verify_jwt(&t, &keys, &opts(150)), Err(JwtError::AlgorithmNotAllowed(_))),
+                "{unsupported}"
+            );
+        }
+        // An EC key named by kid cannot verify an RS256 header either.
+        let ec_keys = [es.public().clone()];
+        let rs_header = rsa_signed(&pair, &json!({"alg": "RS256", "kid": es.kid(), "typ": "at+jwt"}), &claims());
+        assert_eq!(verify_jwt(&rs_header, &ec_keys, &opts(150)), Err(JwtError::AlgorithmMismatch));
     }
 }

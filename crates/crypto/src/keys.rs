@@ -1,5 +1,6 @@
 //! Signing keys (Ed25519 and ECDSA P-256) and public keys as JWKs, with RFC 7638 thumbprints
-//! as `kid`. Key pairs are parsed once and kept, so signing is one aws-lc call.
+//! as `kid`. Key pairs are parsed once and kept, so signing is one aws-lc call. RSA public keys
+//! exist for verification only (federated issuers such as Kubernetes and GitHub sign RS256).
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -23,24 +24,40 @@ pub enum KeyError {
     Sign,
     #[error("crypto self-test failed: {0}")]
     SelfTest(String),
+    #[error("{0} is accepted for verification only; Mandate never signs with it")]
+    VerifyOnly(&'static str),
 }
 
-/// The JWS algorithms Mandate signs with and accepts. There is deliberately no `none` and no
-/// HMAC: a verifier can never be talked into a symmetric or unsigned check.
+/// The JWS algorithms Mandate accepts. There is deliberately no `none` and no HMAC: a verifier
+/// can never be talked into a symmetric or unsigned check. Mandate signs with EdDSA and ES256
+/// only; RS256 exists to verify tokens of federated issuers (Kubernetes, GitHub Actions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
     EdDSA,
     ES256,
+    RS256,
 }
+
+/// Smallest and largest RSA modulus accepted, in bits (RFC 7518 §3.3 requires at least 2048).
+const RSA_MIN_BITS: usize = 2048;
+const RSA_MAX_BITS: usize = 8192;
 
 impl Alg {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EdDSA => "EdDSA",
             Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
         }
     }
 
+    /// Whether Mandate may sign with this algorithm (RS256 is verification-only).
+    pub fn can_sign(self) -> bool {
+        matches!(self, Self::EdDSA | Self::ES256)
+    }
+
+    /// Parses an algorithm Mandate signs with. RS256 is deliberately not parsed here, so no
+    /// configuration or rotation request can select a verification-only algorithm.
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "EdDSA" => Some(Self::EdDSA),
@@ -53,6 +70,7 @@ impl Alg {
         match self {
             Self::EdDSA => jsonwebtoken::Algorithm::EdDSA,
             Self::ES256 => jsonwebtoken::Algorithm::ES256,
+            Self::RS256 => jsonwebtoken::Algorithm::RS256,
         }
     }
 }
@@ -86,6 +104,7 @@ impl SigningKey {
             Alg::ES256 => {
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| KeyError::Generate)?
             }
+            Alg::RS256 => return Err(KeyError::VerifyOnly("RS256")),
         };
         Self::from_pkcs8(alg, document.as_ref())
     }
@@ -103,6 +122,7 @@ impl SigningKey {
                 let public = pair.public_key().as_ref().to_vec();
                 (Signer::Ec(pair), public)
             }
+            Alg::RS256 => return Err(KeyError::VerifyOnly("RS256")),
         };
         Ok(Self { signer, pkcs8: Zeroizing::new(der.to_vec()), public: PublicKey::from_raw(alg, &raw_public)? })
     }
@@ -138,7 +158,7 @@ impl SigningKey {
     pub fn ed25519_public_bytes(&self) -> Option<&[u8]> {
         match self.public.alg {
             Alg::EdDSA => Some(&self.public.raw),
-            Alg::ES256 => None,
+            Alg::ES256 | Alg::RS256 => None,
         }
     }
 }
@@ -148,6 +168,7 @@ impl SigningKey {
 pub struct PublicKey {
     kid: String,
     alg: Alg,
+    /// Ed25519: the 32-byte key; P-256: the uncompressed point; RSA: the big-endian modulus.
     raw: Vec<u8>,
     jwk: Value,
     decoding: DecodingKey,
@@ -160,7 +181,8 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// From raw public bytes: 32-byte Ed25519 key, or 65-byte uncompressed P-256 point.
+    /// From raw public bytes: 32-byte Ed25519 key, or 65-byte uncompressed P-256 point (RSA keys
+    /// come from [`Self::from_rsa_components`]).
     pub fn from_raw(alg: Alg, raw: &[u8]) -> Result<Self, KeyError> {
         let members = match alg {
             Alg::EdDSA if raw.len() == 32 => {
@@ -172,8 +194,39 @@ impl PublicKey {
                 "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
                 "y": URL_SAFE_NO_PAD.encode(&raw[33..]),
             }),
+            Alg::RS256 => {
+                return Err(KeyError::BadJwk("an RSA key is built from its modulus and exponent".into()));
+            }
             _ => return Err(KeyError::BadJwk(format!("bad {} public key length", alg.as_str()))),
         };
+        let decoding = match alg {
+            Alg::EdDSA => DecodingKey::from_ed_der(raw),
+            Alg::ES256 | Alg::RS256 => DecodingKey::from_ec_der(raw),
+        };
+        Ok(Self::with_members(alg, raw.to_vec(), members, decoding))
+    }
+
+    /// An RSA public key from its big-endian modulus and exponent; verification only (RS256).
+    /// The modulus must be 2048 to 8192 bits.
+    pub fn from_rsa_components(n: &[u8], e: &[u8]) -> Result<Self, KeyError> {
+        let n = strip_leading_zeros(n);
+        let e = strip_leading_zeros(e);
+        let bits = n.first().map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
+        if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+            return Err(KeyError::BadJwk(format!(
+                "RSA modulus has {bits} bits; {RSA_MIN_BITS} to {RSA_MAX_BITS} are accepted"
+            )));
+        }
+        // Public exponents are small odd numbers (65537 in practice); anything else is not a real key.
+        if e.is_empty() || e.len() > 4 || e.last().is_some_and(|low| low & 1 == 0) || e == [1] {
+            return Err(KeyError::BadJwk("RSA public exponent is not valid".into()));
+        }
+        let members = json!({"e": URL_SAFE_NO_PAD.encode(e), "kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n)});
+        let decoding = DecodingKey::from_rsa_raw_components(n, e);
+        Ok(Self::with_members(Alg::RS256, n.to_vec(), members, decoding))
+    }
+
+    fn with_members(alg: Alg, raw: Vec<u8>, members: Value, decoding: DecodingKey) -> Self {
         let kid = thumbprint(&members);
         let mut jwk = members;
         if let Some(obj) = jwk.as_object_mut() {
@@ -181,16 +234,13 @@ impl PublicKey {
             obj.insert("alg".into(), Value::String(alg.as_str().into()));
             obj.insert("use".into(), Value::String("sig".into()));
         }
-        let decoding = match alg {
-            Alg::EdDSA => DecodingKey::from_ed_der(raw),
-            Alg::ES256 => DecodingKey::from_ec_der(raw),
-        };
-        Ok(Self { kid, alg, raw: raw.to_vec(), jwk, decoding })
+        Self { kid, alg, raw, jwk, decoding }
     }
 
-    /// From a client's JWK. Only public Ed25519 (`OKP`) and P-256 (`EC`) keys are accepted; a JWK
-    /// carrying private material (`d`) is refused so a client's secret never enters the registry.
-    /// The `kid` is the JWK's own `kid` when present, else its RFC 7638 thumbprint.
+    /// From a JWK. Public Ed25519 (`OKP`), P-256 (`EC`) and RSA (`RSA`, verification only, at
+    /// least 2048 bits) keys are accepted; a JWK carrying private material (`d`) is refused so a
+    /// secret never enters the registry. The `kid` is the JWK's own `kid` when present, else its
+    /// RFC 7638 thumbprint.
     pub fn from_jwk(jwk: &Value) -> Result<Self, KeyError> {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
         if jwk.get("d").is_some() {
@@ -201,27 +251,33 @@ impl PublicKey {
                 .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
                 .ok_or_else(|| KeyError::BadJwk(format!("missing or invalid \"{name}\"")))
         };
-        let (alg, raw) = match (field("kty"), field("crv")) {
-            (Some("OKP"), Some("Ed25519")) => (Alg::EdDSA, decode("x")?),
+        let mut key = match (field("kty"), field("crv")) {
+            (Some("RSA"), _) => {
+                if ["p", "q", "dp", "dq", "qi"].iter().any(|member| jwk.get(member).is_some()) {
+                    return Err(KeyError::BadJwk("JWK contains RSA private key members".into()));
+                }
+                Self::from_rsa_components(&decode("n")?, &decode("e")?)?
+            }
+            (Some("OKP"), Some("Ed25519")) => Self::from_raw(Alg::EdDSA, &decode("x")?)?,
             (Some("EC"), Some("P-256")) => {
                 let (x, y) = (decode("x")?, decode("y")?);
                 if x.len() != 32 || y.len() != 32 {
                     return Err(KeyError::BadJwk("P-256 coordinates must be 32 bytes".into()));
                 }
-                (Alg::ES256, [&[4u8][..], &x, &y].concat())
+                Self::from_raw(Alg::ES256, &[&[4u8][..], &x, &y].concat())?
             }
             (kty, crv) => {
                 return Err(KeyError::BadJwk(format!(
-                    "unsupported key type {kty:?}/{crv:?}; use OKP/Ed25519 or EC/P-256"
+                    "unsupported key type {kty:?}/{crv:?}; use OKP/Ed25519, EC/P-256 or RSA"
                 )));
             }
         };
+        // The key type decides the algorithm; a declared `alg` may only confirm it.
         if let Some(declared) = field("alg")
-            && declared != alg.as_str()
+            && declared != key.alg.as_str()
         {
             return Err(KeyError::BadJwk(format!("\"alg\" {declared} does not fit the key type")));
         }
-        let mut key = Self::from_raw(alg, &raw)?;
         if let Some(kid) = field("kid") {
             key.kid = kid.to_owned();
             if let Some(obj) = key.jwk.as_object_mut() {
@@ -250,6 +306,11 @@ impl PublicKey {
     pub(crate) fn decoding_key(&self) -> &DecodingKey {
         &self.decoding
     }
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 /// RFC 7638 JWK thumbprint (SHA-256, base64url) over the required members, which `members`
@@ -289,10 +350,52 @@ mod tests {
         private["d"] = json!("AAAA");
         assert!(PublicKey::from_jwk(&private).is_err());
         assert!(PublicKey::from_jwk(&json!({"kty": "oct", "k": "c2VjcmV0"})).is_err());
+        // A 17-bit "modulus" is not an RSA key.
         assert!(PublicKey::from_jwk(&json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"})).is_err());
         let mut wrong_alg = key.public().jwk().clone();
         wrong_alg["alg"] = json!("ES256");
         assert!(PublicKey::from_jwk(&wrong_alg).is_err());
         assert!(SigningKey::from_pkcs8(Alg::ES256, key.pkcs8()).is_err());
+    }
+
+    #[test]
+    fn rsa_keys_are_verification_only_and_at_least_2048_bits() {
+        assert!(matches!(SigningKey::generate(Alg::RS256), Err(KeyError::VerifyOnly(_))));
+        assert!(Alg::parse("RS256").is_none());
+        assert!(!Alg::RS256.can_sign());
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let modulus = |bits: usize| {
+            let mut n = vec![0xA5u8; bits / 8];
+            n[0] = 0xC5;
+            n
+        };
+        let e = [1u8, 0, 1];
+        let ok =
+            PublicKey::from_jwk(&json!({"kty": "RSA", "n": b64(&modulus(2048)), "e": b64(&e)})).expect("valid RSA JWK");
+        assert_eq!(ok.alg(), Alg::RS256);
+        assert_eq!(ok.raw().len(), 256);
+        // The kid defaults to the RFC 7638 thumbprint over e, kty, n.
+        assert_eq!(ok.kid(), thumbprint(&json!({"e": "AQAB", "kty": "RSA", "n": b64(&modulus(2048))})));
+        // A leading zero byte does not count towards the size.
+        let padded = [&[0u8][..], &modulus(2048)].concat();
+        assert_eq!(
+            PublicKey::from_jwk(&json!({"kty": "RSA", "n": b64(&padded), "e": b64(&e)})).expect("valid RSA JWK").kid(),
+            ok.kid()
+        );
+        for bits in [1024, 2040, 8200] {
+            let n = b64(&modulus(bits));
+            assert!(PublicKey::from_jwk(&json!({"kty": "RSA", "n": n, "e": b64(&e)})).is_err(), "{bits} bits");
+        }
+        for bad_e in [&[][..], &[1u8][..], &[1, 0, 0][..], &[1, 0, 0, 0, 1][..]] {
+            let jwk = json!({"kty": "RSA", "n": b64(&modulus(2048)), "e": b64(bad_e)});
+            assert!(PublicKey::from_jwk(&jwk).is_err(), "e = {bad_e:?}");
+        }
+        let private = json!({"kty": "RSA", "n": b64(&modulus(2048)), "e": b64(&e), "p": "AQAB"});
+        assert!(PublicKey::from_jwk(&private).is_err());
+        let wrong_alg = json!({"kty": "RSA", "n": b64(&modulus(2048)), "e": b64(&e), "alg": "ES256"});
+        assert!(PublicKey::from_jwk(&wrong_alg).is_err());
+        let declared = json!({"kty": "RSA", "n": b64(&modulus(2048)), "e": b64(&e), "alg": "RS256", "kid": "k"});
+        assert_eq!(PublicKey::from_jwk(&declared).expect("valid RSA JWK").kid(), "k");
+        assert!(PublicKey::from_raw(Alg::RS256, &modulus(2048)).is_err());
     }
 }

@@ -11,6 +11,10 @@ use serde::Deserialize;
 /// Longest access-token lifetime an operator may configure.
 pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 3600;
 const MIN_ACCESS_TOKEN_TTL_SECS: i64 = 30;
+/// SVID lifetimes: a few seconds (tests, demos) up to an hour, because a retired signing key
+/// stays published for at most [`MAX_ACCESS_TOKEN_TTL_SECS`] and must outlive what it signed.
+const MIN_SVID_TTL_SECS: i64 = 2;
+const MAX_SVID_TTL_SECS: i64 = MAX_ACCESS_TOKEN_TTL_SECS;
 
 /// Environment variables that are not config keys but are still ours.
 const OTHER_ENV: &[&str] = &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES", "MANDATE_BIN"];
@@ -35,6 +39,19 @@ pub struct Settings {
     pub audit_checkpoint_ms: Option<u64>,
     /// Log filter, e.g. `info` or `mandate=debug`.
     pub log: Option<String>,
+    /// Workload identity federation may use http:// and internal addresses (loopback tests only).
+    pub allow_insecure_federation: Option<bool>,
+    /// Unix socket path of the SPIFFE Workload API; not served when unset.
+    pub workload_socket: Option<PathBuf>,
+    /// X.509-SVID lifetime (default 3600, at most 3600); Workload API streams renew at half of it.
+    pub x509_svid_ttl_secs: Option<i64>,
+    /// JWT-SVID lifetime (default 300, at most 3600).
+    pub jwt_svid_ttl_secs: Option<i64>,
+    /// PEM certificate of an operator root CA that signs Mandate's SPIFFE CA as an intermediate
+    /// (with `spiffe_upstream_ca_key`); the CA is self-signed when unset.
+    pub spiffe_upstream_ca_cert: Option<PathBuf>,
+    /// PEM private key of `spiffe_upstream_ca_cert`.
+    pub spiffe_upstream_ca_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -66,8 +83,13 @@ impl Settings {
                 "access_token_ttl_secs"
                 | "key_publish_lead_secs"
                 | "audit_checkpoint_events"
-                | "audit_checkpoint_ms" => {
+                | "audit_checkpoint_ms"
+                | "x509_svid_ttl_secs"
+                | "jwt_svid_ttl_secs" => {
                     toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
+                }
+                "allow_insecure_federation" => {
+                    toml::Value::Boolean(value.trim().parse().with_context(|| format!("{name} must be true or false"))?)
                 }
                 _ => toml::Value::String(value),
             };
@@ -90,6 +112,12 @@ impl Settings {
             audit_checkpoint_events: other.audit_checkpoint_events.or(self.audit_checkpoint_events),
             audit_checkpoint_ms: other.audit_checkpoint_ms.or(self.audit_checkpoint_ms),
             log: other.log.or(self.log),
+            allow_insecure_federation: other.allow_insecure_federation.or(self.allow_insecure_federation),
+            workload_socket: other.workload_socket.or(self.workload_socket),
+            x509_svid_ttl_secs: other.x509_svid_ttl_secs.or(self.x509_svid_ttl_secs),
+            jwt_svid_ttl_secs: other.jwt_svid_ttl_secs.or(self.jwt_svid_ttl_secs),
+            spiffe_upstream_ca_cert: other.spiffe_upstream_ca_cert.or(self.spiffe_upstream_ca_cert),
+            spiffe_upstream_ca_key: other.spiffe_upstream_ca_key.or(self.spiffe_upstream_ca_key),
         }
     }
 
@@ -115,6 +143,20 @@ impl Settings {
             bail!("access_token_ttl_secs must be between {MIN_ACCESS_TOKEN_TTL_SECS} and {MAX_ACCESS_TOKEN_TTL_SECS}");
         }
         Ok(ttl)
+    }
+
+    /// SVID lifetimes; the CA's other settings keep their defaults.
+    pub fn spiffe_config(&self) -> anyhow::Result<mandate_workload::ca::SpiffeConfig> {
+        let defaults = mandate_workload::ca::SpiffeConfig::default();
+        let x509 = self.x509_svid_ttl_secs.unwrap_or(defaults.x509_svid_ttl_secs);
+        if !(MIN_SVID_TTL_SECS..=MAX_SVID_TTL_SECS).contains(&x509) {
+            bail!("x509_svid_ttl_secs must be between {MIN_SVID_TTL_SECS} and {MAX_SVID_TTL_SECS}");
+        }
+        let jwt = self.jwt_svid_ttl_secs.unwrap_or(defaults.jwt_svid_ttl_secs);
+        if !(MIN_SVID_TTL_SECS..=MAX_SVID_TTL_SECS).contains(&jwt) {
+            bail!("jwt_svid_ttl_secs must be between {MIN_SVID_TTL_SECS} and {MAX_SVID_TTL_SECS}");
+        }
+        Ok(mandate_workload::ca::SpiffeConfig { x509_svid_ttl_secs: x509, jwt_svid_ttl_secs: jwt, ..defaults })
     }
 
     pub fn key_publish_lead_secs(&self) -> anyhow::Result<i64> {
@@ -148,6 +190,33 @@ mod tests {
         assert_eq!(merged.trust_domain(), "env.example");
         assert_eq!(merged.access_token_ttl_secs().unwrap(), 600);
         assert_eq!(Settings::default().access_token_ttl_secs().unwrap(), 300);
+    }
+
+    #[test]
+    fn insecure_federation_is_a_boolean_off_by_default() {
+        assert_eq!(Settings::default().allow_insecure_federation, None);
+        let on = Settings::from_env(env(&[("MANDATE_ALLOW_INSECURE_FEDERATION", "true")])).unwrap();
+        assert_eq!(on.allow_insecure_federation, Some(true));
+        assert!(Settings::from_env(env(&[("MANDATE_ALLOW_INSECURE_FEDERATION", "yes")])).is_err());
+        let file = Settings::from_toml("allow_insecure_federation = false").unwrap();
+        assert_eq!(file.overlay(on).allow_insecure_federation, Some(true));
+    }
+
+    #[test]
+    fn workload_api_settings_come_from_env_and_are_bounded() {
+        let from_env = Settings::from_env(env(&[
+            ("MANDATE_WORKLOAD_SOCKET", "/run/mandate/workload.sock"),
+            ("MANDATE_X509_SVID_TTL_SECS", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(from_env.workload_socket.as_deref(), Some(Path::new("/run/mandate/workload.sock")));
+        let spiffe = from_env.spiffe_config().unwrap();
+        assert_eq!((spiffe.x509_svid_ttl_secs, spiffe.jwt_svid_ttl_secs), (4, 300));
+        assert_eq!(Settings::default().spiffe_config().unwrap().x509_svid_ttl_secs, 3600);
+        for bad in [Some(1), Some(86_400)] {
+            assert!(Settings { x509_svid_ttl_secs: bad, ..Settings::default() }.spiffe_config().is_err());
+            assert!(Settings { jwt_svid_ttl_secs: bad, ..Settings::default() }.spiffe_config().is_err());
+        }
     }
 
     #[test]

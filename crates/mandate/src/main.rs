@@ -1,6 +1,8 @@
 //! The `mandate` binary: `serve` runs the authorization server; every other command is an
 //! operator action on the same data directory (it may run while the server runs).
 
+mod cmd_trust;
+mod cmd_workload;
 mod commands;
 mod config;
 mod serve;
@@ -39,9 +41,9 @@ enum Command {
     /// Manage owners (responsible humans or organisations).
     #[command(subcommand)]
     Owner(commands::OwnerCmd),
-    /// Manage agents.
+    /// Manage agents, their SVIDs, join tokens and attestation selectors.
     #[command(subcommand)]
-    Agent(commands::AgentCmd),
+    Agent(cmd_workload::AgentCommand),
     /// Manage OAuth clients.
     #[command(subcommand)]
     Client(commands::ClientCmd),
@@ -56,6 +58,9 @@ enum Command {
     /// Audit log export and offline verification.
     #[command(subcommand)]
     Audit(commands::AuditCmd),
+    /// Workload identity federation: external issuers whose JWTs agents may trade for tokens.
+    #[command(subcommand)]
+    Trust(cmd_trust::TrustCmd),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +71,9 @@ struct ServeArgs {
     /// Public issuer URL (default http://<listen address>).
     #[arg(long)]
     issuer: Option<String>,
+    /// Serve the SPIFFE Workload API on this unix socket (config key `workload_socket`).
+    #[arg(long)]
+    workload_socket: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,8 +99,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     init_logging(&settings);
     match cli.command {
         Command::Serve(args) => {
-            let settings =
-                settings.overlay(Settings { listen: args.listen, issuer: args.issuer, ..Settings::default() });
+            let flags = Settings {
+                listen: args.listen,
+                issuer: args.issuer,
+                workload_socket: args.workload_socket,
+                ..Settings::default()
+            };
+            let settings = settings.overlay(flags);
             serve::serve(settings).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -102,12 +115,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let authz = setup::open(&settings, settings_issuer(&settings)).await?;
             let result = match command {
                 Command::Owner(c) => commands::owner(&authz, c, &out).await,
-                Command::Agent(c) => commands::agent(&authz, c, &out).await,
+                Command::Agent(c) => cmd_workload::agent(&authz, &settings, c, &out).await,
                 Command::Client(c) => commands::client(&authz, c, &out).await,
                 Command::Resource(c) => commands::resource(&authz, c, &out).await,
                 Command::Revoke(a) => commands::revoke(&authz, a, &out).await,
                 Command::Keys(c) => commands::keys(&authz, c, &out).await,
                 Command::Audit(c) => commands::audit(&authz, c, &out).await,
+                Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Serve(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)

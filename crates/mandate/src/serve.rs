@@ -1,11 +1,13 @@
 //! `mandate serve`: bind, open the data directory, start background upkeep, serve until
 //! SIGINT/SIGTERM, then sign a final audit checkpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use mandate_authz::Authz;
 use mandate_server::{AppState, router};
+use mandate_workload::api::{WorkloadApiConfig, WorkloadApiServer};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -22,6 +24,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let authz = setup::open(&settings, issuer).await?;
     let data_dir = settings.data_dir();
     let (admin_hash, created) = setup::ensure_admin_credential(&authz, &data_dir).await?;
+    let spiffe_ca = crate::cmd_workload::spiffe_ca(&settings, &authz)?;
+    spiffe_ca.announce_jwt_issuer().await.context("recording the JWT-SVID issuer")?;
+    let workload = match &settings.workload_socket {
+        Some(path) => Some(
+            WorkloadApiServer::start(Arc::clone(&spiffe_ca), WorkloadApiConfig::new(path))
+                .await
+                .with_context(|| format!("starting the workload API on {}", path.display()))?,
+        ),
+        None => None,
+    };
 
     println!("Mandate {} listening on {bound}", env!("CARGO_PKG_VERSION"));
     println!("  issuer:      {}", authz.config.issuer);
@@ -32,11 +44,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(_) => println!("  admin token: created in {} (shown nowhere else)", credential_path.display()),
         None => println!("  admin token: {}", credential_path.display()),
     }
+    if let Some(workload) = &workload {
+        println!("  workload:    unix://{}", workload.socket_path().display());
+    }
     println!("  audit key:   {}", authz.log.signer().verifier_key());
 
     let upkeep = tokio::spawn(upkeep(authz.clone()));
-    let state = AppState { authz: authz.clone(), admin_token_hash: admin_hash.into() };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    let state = AppState { authz: authz.clone(), admin_token_hash: admin_hash.into(), spiffe: Arc::clone(&spiffe_ca) };
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+    if let Some(workload) = workload {
+        workload.shutdown().await.context("stopping the workload API")?;
+    }
+    served.context("serving HTTP")?;
     upkeep.abort();
     authz.log.checkpoint().await.context("final audit checkpoint")?;
     tracing::info!("stopped");

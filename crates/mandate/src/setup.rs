@@ -60,8 +60,9 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
         leeway_secs: 60,
         max_assertion_lifetime_secs: 600,
         key_publish_lead_secs: settings.key_publish_lead_secs()?,
+        allow_insecure_federation: settings.allow_insecure_federation.unwrap_or(false),
     };
-    Ok(Authz { store, log, keys: Arc::new(keys), clock, config: Arc::new(config) })
+    Ok(Authz { store, log, keys: Arc::new(keys), clock, config: Arc::new(config), jwks_cache: Default::default() })
 }
 
 /// The admin credential's hash, creating the credential on first start. The clear value is

@@ -29,6 +29,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/resources", get(list_resources).post(create_resource))
         .route("/resources", delete(delete_resource))
+        .route("/federation-rules", get(list_federation_rules).post(create_federation_rule))
+        .route("/federation-rules/{name}", get(get_federation_rule).delete(delete_federation_rule))
         .route("/revocations", post(revoke_subject))
         .route("/keys/rotate", post(rotate_key))
         .route("/audit/export", get(export_audit))
@@ -238,6 +240,59 @@ async fn delete_resource(admin: Admin, State(s): State<AppState>, Query(q): Quer
 
 async fn remove(s: &AppState, kind: RecordKind, key: &str, admin: &Admin) -> ApiResult {
     registry::delete(&s.authz, kind, key, &admin.correlation).await.map_err(registry_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FederationRuleBody {
+    name: String,
+    issuer: String,
+    jwks_url: Option<String>,
+    /// A JWK Set object, instead of `jwks_url`.
+    jwks: Option<Value>,
+    audience: String,
+    subject: String,
+    /// `exact` (default) or `prefix`.
+    subject_match: Option<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+    agent: String,
+    max_ttl_secs: Option<i64>,
+}
+
+async fn list_federation_rules(_: Admin, State(s): State<AppState>) -> ApiResult {
+    Ok(Json(s.authz.store.federation_rules().await.map_err(store_error)?).into_response())
+}
+
+async fn get_federation_rule(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let rules = s.authz.store.federation_rules().await.map_err(store_error)?;
+    found(rules.into_iter().find(|r| r.name.as_str() == name), "federation rule")
+}
+
+async fn create_federation_rule(
+    admin: Admin,
+    State(s): State<AppState>,
+    Json(body): Json<FederationRuleBody>,
+) -> ApiResult {
+    let new = mandate_authz::federation::NewFederationRule {
+        name: body.name,
+        issuer: body.issuer,
+        jwks_url: body.jwks_url,
+        jwks: body.jwks.map(|j| j.to_string()),
+        audience: body.audience,
+        subject: body.subject,
+        subject_match: body.subject_match,
+        claims: body.claims,
+        agent: body.agent,
+        max_ttl_secs: body.max_ttl_secs,
+    };
+    let rule = registry::create_federation_rule(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
+    Ok(created(rule))
+}
+
+async fn delete_federation_rule(admin: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    registry::delete_federation_rule(&s.authz, &name, &admin.correlation).await.map_err(registry_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

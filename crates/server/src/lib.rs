@@ -6,6 +6,7 @@ mod admin;
 mod discovery;
 mod oauth;
 mod reply;
+mod spiffe;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub authz: Authz,
     /// SHA-256 (hex) of the admin bearer credential.
     pub admin_token_hash: Arc<str>,
+    /// The trust domain's SPIFFE CA (bundle, JWT-SVID discovery, join tokens).
+    pub spiffe: Arc<mandate_workload::ca::SpiffeCa>,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
         .nest("/admin/api/v1", admin::routes())
+        .merge(spiffe::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -43,6 +43,7 @@ async fn token_flow(
         resources: form.all("resource"),
         scope: form.take("scope"),
         presented,
+        assertion: form.take("assertion"),
     };
     mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))
 }

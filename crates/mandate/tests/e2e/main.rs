@@ -4,8 +4,11 @@
 
 mod admin_api;
 mod audit;
+mod federation;
 mod harness;
 mod keys_and_config;
 mod postgres;
+mod spiffe;
 mod token_endpoint;
 mod token_lifecycle;
+mod workload_api;

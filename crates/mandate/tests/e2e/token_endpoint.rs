@@ -390,7 +390,10 @@ async fn discovery_documents_describe_this_issuer() {
         assert_eq!(doc["introspection_endpoint"], server.url("/oauth2/introspect"));
         assert_eq!(doc["revocation_endpoint"], server.url("/oauth2/revoke"));
         assert_eq!(doc["jwks_uri"], server.url("/.well-known/jwks.json"));
-        assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(
+            doc["grant_types_supported"],
+            json!(["client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer"])
+        );
         let methods = doc["token_endpoint_auth_methods_supported"].as_array().unwrap();
         assert!(methods.contains(&json!("private_key_jwt")));
     }
