@@ -11,10 +11,9 @@ use mandate_authz::Authz;
 use mandate_authz::federation::NewFederationRule;
 use mandate_authz::registry;
 use mandate_core::FederationRule;
-use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::Output;
+use crate::commands::{Output, correlation};
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCmd {
@@ -62,32 +61,20 @@ pub struct AddFederation {
     max_ttl_secs: Option<i64>,
 }
 
-fn correlation() -> String {
-    format!("cli-{}", uuid::Uuid::now_v7())
-}
-
-fn show<T: Serialize>(out: &Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
-    let text = if out.json { serde_json::to_string_pretty(value)? } else { human() };
-    println!("{text}");
-    Ok(())
-}
-
 pub async fn trust(authz: &Authz, cmd: TrustCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
         TrustCmd::AddFederation(args) => {
             let new = new_rule(*args)?;
             let rule = registry::create_federation_rule(authz, new, &correlation()).await?;
-            show(out, &rule, || format!("federation rule {} created\n{}", rule.name, describe(&rule)))
+            out.show(&rule, || format!("federation rule {} created\n{}", rule.name, describe(&rule)))
         }
         TrustCmd::List => {
             let rules = authz.store.federation_rules().await?;
-            show(out, &rules, || rules.iter().map(describe).collect::<Vec<_>>().join("\n"))
+            out.show(&rules, || rules.iter().map(describe).collect::<Vec<_>>().join("\n"))
         }
         TrustCmd::Remove { name } => {
             registry::delete_federation_rule(authz, &name, &correlation()).await?;
-            show(out, &json!({"deleted": "federation rule", "name": name}), || {
-                format!("federation rule {name} removed")
-            })
+            out.show(&json!({"deleted": "federation rule", "name": name}), || format!("federation rule {name} removed"))
         }
     }
 }

@@ -10,10 +10,9 @@ use mandate_authz::Authz;
 use mandate_workload::bundle::pem_encode;
 use mandate_workload::ca::{SETTING_JWT_ISSUER, SpiffeCa, UpstreamCa};
 use mandate_workload::svid::{self, join};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::{self, AgentCmd, Output};
+use crate::commands::{self, AgentCmd, Output, correlation};
 use crate::config::Settings;
 
 #[derive(Debug, Subcommand)]
@@ -78,16 +77,6 @@ async fn cli_spiffe_ca(settings: &Settings, authz: &Authz) -> anyhow::Result<Arc
     Ok(Arc::new(SpiffeCa::new(authz.clone(), config, upstream(settings)?)))
 }
 
-fn correlation() -> String {
-    format!("cli-{}", uuid::Uuid::now_v7())
-}
-
-fn show<T: Serialize>(out: &Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
-    let text = if out.json { serde_json::to_string_pretty(value)? } else { human() };
-    println!("{text}");
-    Ok(())
-}
-
 pub async fn agent(authz: &Authz, settings: &Settings, cmd: AgentCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Registry(c) => commands::agent(authz, c, out).await,
@@ -102,7 +91,7 @@ pub async fn agent(authz: &Authz, settings: &Settings, cmd: AgentCommand, out: &
                 "spiffe_id": spiffe_id,
                 "expires_at": expires_at,
             });
-            show(out, &value, || {
+            out.show(&value, || {
                 format!(
                     "join token for {spiffe_id} (single use, expires at {expires_at}):\n{}\n(shown only now; \
                      redeem with POST {}/spiffe/v1/join)",
@@ -112,7 +101,7 @@ pub async fn agent(authz: &Authz, settings: &Settings, cmd: AgentCommand, out: &
         }
         AgentCommand::Selectors(args) => {
             let set = join::set_selectors(authz, &args.agent, &args.selectors, &correlation()).await?;
-            show(out, &json!({"agent": args.agent, "selectors": set}), || {
+            out.show(&json!({"agent": args.agent, "selectors": set}), || {
                 if set.is_empty() {
                     format!("agent {} has no selectors now", args.agent)
                 } else {
@@ -136,7 +125,7 @@ async fn print_svid(ca: &SpiffeCa, args: SvidArgs, out: &Output) -> anyhow::Resu
             "audience": svid.audience,
             "expires_at": svid.expires_at,
         });
-        return show(out, &value, || svid.token.clone());
+        return out.show(&value, || svid.token.clone());
     }
     let svid = svid::issue_x509(ca, &agent, &correlation()).await?;
     let chain: String = svid.cert_chain_der.iter().map(|der| pem_encode("CERTIFICATE", der)).collect();
@@ -149,5 +138,5 @@ async fn print_svid(ca: &SpiffeCa, args: SvidArgs, out: &Output) -> anyhow::Resu
         "bundle": bundle,
         "expires_at": svid.expires_at_ms.div_euclid(1000),
     });
-    show(out, &value, || format!("{chain}{}", key.as_str()))
+    out.show(&value, || format!("{chain}{}", key.as_str()))
 }

@@ -20,14 +20,14 @@ pub struct Output {
 }
 
 impl Output {
-    fn show<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+    pub(crate) fn show<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
         let text = if self.json { serde_json::to_string_pretty(value)? } else { human() };
         println!("{text}");
         Ok(())
     }
 }
 
-fn correlation() -> String {
+pub(crate) fn correlation() -> String {
     format!("cli-{}", uuid::Uuid::now_v7())
 }
 

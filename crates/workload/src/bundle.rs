@@ -11,7 +11,7 @@ use mandate_store::Mutation;
 use serde_json::{Map, Value, json};
 use x509_parser::public_key::PublicKey as SpkiKey;
 
-use crate::ca::{SpiffeCa, SpiffeError};
+use crate::ca::{SpiffeCa, SpiffeError, apply_audited};
 
 /// Setting that holds `<sequence> <hex SHA-256 of the bundle content>`.
 pub const SETTING_BUNDLE_SEQUENCE: &str = "spiffe_bundle_sequence";
@@ -183,12 +183,7 @@ async fn sequence_for(ca: &SpiffeCa, digest: [u8; 32]) -> Result<u64, SpiffeErro
             let value = format!("{next} {}", hex::encode(digest));
             let event = AuditEvent::allow("spiffe.bundle.update", "spiffe-bundle")
                 .with_detail(format!("trust_domain={} spiffe_sequence={next}", ca.trust_domain()));
-            authz
-                .log
-                .apply(Mutation::PutSetting { key: SETTING_BUNDLE_SEQUENCE.into(), value }, event)
-                .await
-                .map_err(|e| SpiffeError::Audit(e.to_string()))?
-                .map_err(|e| SpiffeError::Audit(e.to_string()))?;
+            apply_audited(authz, Mutation::PutSetting { key: SETTING_BUNDLE_SEQUENCE.into(), value }, event).await?;
             next
         }
     };

@@ -55,6 +55,18 @@ pub enum SpiffeError {
     InvalidJwt(#[from] JwtError),
 }
 
+/// Applies a state change with its audit event; a refused change is an audit-layer failure here,
+/// since the CA only writes settings, which are upserts.
+pub(crate) async fn apply_audited(authz: &Authz, mutation: Mutation, event: AuditEvent) -> Result<(), SpiffeError> {
+    authz
+        .log
+        .apply(mutation, event)
+        .await
+        .map_err(|e| SpiffeError::Audit(e.to_string()))?
+        .map_err(|e| SpiffeError::Audit(e.to_string()))?;
+    Ok(())
+}
+
 /// SVID lifetimes and bundle publication settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpiffeConfig {
@@ -279,12 +291,7 @@ impl SpiffeCa {
         }
         let event = AuditEvent::allow("spiffe.issuer.set", "startup").with_detail(format!("jwt_svid_issuer={issuer}"));
         let put = Mutation::PutSetting { key: SETTING_JWT_ISSUER.into(), value: issuer };
-        self.authz
-            .log
-            .apply(put, event)
-            .await
-            .map_err(|e| SpiffeError::Audit(e.to_string()))?
-            .map_err(|e| SpiffeError::Audit(e.to_string()))?;
+        apply_audited(&self.authz, put, event).await?;
         Ok(())
     }
 
@@ -347,12 +354,7 @@ impl SpiffeCa {
             self.upstream.as_ref().map_or("none", |u| u.fingerprint.as_str()),
         ));
         let put = Mutation::PutSetting { key: setting.clone(), value: pem_encode("CERTIFICATE", authority.cert_der()) };
-        self.authz
-            .log
-            .apply(put, event)
-            .await
-            .map_err(|e| SpiffeError::Audit(e.to_string()))?
-            .map_err(|e| SpiffeError::Audit(e.to_string()))?;
+        apply_audited(&self.authz, put, event).await?;
         // Another replica may have written its own certificate at the same moment; serve what
         // the store now holds so every replica converges on one.
         match self.authz.store.setting(&setting).await? {
