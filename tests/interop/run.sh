@@ -24,7 +24,7 @@ fi
 
 if [ -z "${MANDATE_BIN:-}" ]; then
     cargo build -p mandate
-    export MANDATE_BIN="$root/target/debug/mandate"
+    export MANDATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/mandate"
 fi
 
 set +e
