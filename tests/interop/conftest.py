@@ -153,6 +153,21 @@ def _wait_for_banner(proc: subprocess.Popen, stdout_path: Path, stderr_path: Pat
     raise RuntimeError(f"mandate serve printed no banner in {STARTUP_TIMEOUT_S}s:\n{stdout_path.read_text()}")
 
 
+def stop_server(proc: subprocess.Popen, stderr_path: Path) -> None:
+    """SIGTERM a `mandate serve` and require a clean exit within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("mandate serve did not stop within 15 s of SIGTERM")
+    assert proc.returncode == 0, (
+        f"mandate serve exited {proc.returncode} after SIGTERM\n{stderr_path.read_text()[-4000:]}"
+    )
+
+
 def _wait_healthy(base_url: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last = None
@@ -202,17 +217,7 @@ def mandate(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
         server.secrets_seen.append(admin_token)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("mandate serve did not stop within 15 s of SIGTERM")
-    assert proc.returncode == 0, (
-        f"mandate serve exited {proc.returncode} after SIGTERM\n{stderr_path.read_text()[-4000:]}"
-    )
+        stop_server(proc, stderr_path)
 
 
 @dataclass

@@ -7,7 +7,6 @@ Mandate's published JWKS; every refusal must be 400 `invalid_grant` and audited.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from conftest import (
+    stop_server,
     CLI_TIMEOUT_S,
     RESOURCE,
     Mandate,
@@ -222,14 +222,7 @@ def fed(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory, issuer: Iss
         )  # fmt: skip
         yield m
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 0, stderr_path.read_text()[-4000:]
+        stop_server(proc, stderr_path)
 
 
 def exchange(m: Mandate, assertion: str, request_id: str | None = None, **extra) -> requests.Response:

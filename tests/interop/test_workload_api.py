@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.workloadapi.errors import FetchJwtSvidError, FetchX509SvidError, ValidateJwtSvidError
 
-from conftest import Mandate, _wait_for_banner, _wait_healthy, child_env, free_port
+from conftest import Mandate, _wait_for_banner, _wait_healthy, child_env, free_port, stop_server
 
 TRUST_DOMAIN = "mandate.local"
 AGENT_NAME = "py-workload"
@@ -87,15 +86,7 @@ def workload(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
         )
         yield WorkloadServer(mandate, socket_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("mandate serve did not stop within 15 s of SIGTERM")
-    assert proc.returncode == 0, stderr_path.read_text()[-4000:]
+        stop_server(proc, stderr_path)
     assert not socket_path.exists(), "the server removes its socket on shutdown"
 
 
