@@ -100,20 +100,42 @@ pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> 
     let alg = allowed_alg(header.alg)?;
     check_typ(header.typ.as_deref(), opts)?;
     let key = select_key(keys, header.kid.as_deref(), alg)?;
+    let claims = signed_claims(token, key, alg)?;
+    check_claims(&claims, opts)?;
+    Ok(claims)
+}
 
+/// Verifies only the signature of a JWS whose signer is already known (such as a DPoP proof,
+/// signed by the key in its own header) and returns its claims. The key decides the algorithm:
+/// the header's `alg` must be one Mandate accepts and equal the key's. `typ`, time and all other
+/// claims are the caller's to check, so never use this where [`verify_jwt`] fits.
+pub fn verify_signature_only(token: &str, key: &PublicKey) -> Result<Value, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    if header.crit.is_some() {
+        return Err(JwtError::CriticalHeader);
+    }
+    let alg = allowed_alg(header.alg)?;
+    if key.alg() != alg {
+        return Err(JwtError::AlgorithmMismatch);
+    }
+    let claims = signed_claims(token, key, alg)?;
+    if claims.is_object() { Ok(claims) } else { Err(JwtError::Malformed("payload is not a JSON object".into())) }
+}
+
+/// The claims of `token` once its signature by `key` under `alg` checks out; no claim is judged.
+fn signed_claims(token: &str, key: &PublicKey, alg: Alg) -> Result<Value, JwtError> {
     let mut validation = Validation::new(alg.jsonwebtoken());
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let claims = decode::<Value>(token, key.decoding_key(), &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
-            _ => JwtError::Malformed(e.to_string()),
-        })?
-        .claims;
-    check_claims(&claims, opts)?;
-    Ok(claims)
+    decode::<Value>(token, key.decoding_key(), &validation).map(|data| data.claims).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
+        _ => JwtError::Malformed(e.to_string()),
+    })
 }
 
 fn allowed_alg(alg: jsonwebtoken::Algorithm) -> Result<Alg, JwtError> {
@@ -294,6 +316,28 @@ mod tests {
         let huge = "a".repeat(MAX_JWT_BYTES + 1);
         assert_eq!(verify_jwt(&huge, &[key.public().clone()], &opts(150)), Err(JwtError::TooLarge));
         assert!(peek_claims("a.b").is_err());
+    }
+
+    #[test]
+    fn signature_only_checks_signature_and_algorithm_but_no_claims() {
+        crate::init().unwrap();
+        let key = SigningKey::generate(Alg::ES256).unwrap();
+        let other = SigningKey::generate(Alg::ES256).unwrap();
+        // No exp, no iss: fine here, since only the signature is judged.
+        let token = sign_jwt(&key, "dpop+jwt", &json!({"jti": "j"})).unwrap();
+        assert_eq!(verify_signature_only(&token, key.public()).unwrap()["jti"], "j");
+        assert_eq!(verify_signature_only(&token, other.public()), Err(JwtError::BadSignature));
+        let ed = SigningKey::generate(Alg::EdDSA).unwrap();
+        assert_eq!(verify_signature_only(&token, ed.public()), Err(JwtError::AlgorithmMismatch));
+        let body = b64(&json!({"jti": "j"}));
+        let none = format!("{}.{body}.", b64(&json!({"alg": "none"})));
+        assert!(verify_signature_only(&none, key.public()).is_err());
+        let hs = format!("{}.{body}.c2ln", b64(&json!({"alg": "HS256"})));
+        assert!(matches!(verify_signature_only(&hs, key.public()), Err(JwtError::AlgorithmNotAllowed(_))));
+        let crit = format!("{}.{body}.AA", b64(&json!({"alg": "ES256", "crit": ["x"], "x": 1})));
+        assert_eq!(verify_signature_only(&crit, key.public()), Err(JwtError::CriticalHeader));
+        let array = sign_jwt(&key, "dpop+jwt", &json!([1])).unwrap();
+        assert!(matches!(verify_signature_only(&array, key.public()), Err(JwtError::Malformed(_))));
     }
 
     /// Signs `header.claims` with a fresh RSA-2048 key, as a federated issuer would.

@@ -7,7 +7,7 @@ pub mod kek;
 pub mod keys;
 pub mod secret;
 
-pub use jose::{JwtError, VerifyOptions, verify_jwt};
+pub use jose::{JwtError, VerifyOptions, verify_jwt, verify_signature_only};
 pub use kek::{Kek, KekError};
 pub use keys::{Alg, KeyError, PublicKey, SigningKey};
 pub use secret::{constant_time_eq, hash_secret, random_token, sha256};

@@ -4,11 +4,13 @@
 //! clients at this resource's Protected Resource Metadata. Plain API plus an axum middleware.
 
 mod challenge;
+pub mod dpop;
 mod layer;
 mod prm;
 mod verify;
 
 pub use challenge::{Rejection, RejectionKind};
+pub use dpop::{DpopCheck, DpopError, DpopProof, bound_token_matches, replay_key, verify_dpop_proof};
 pub use layer::{Required, require_scopes};
 pub use prm::{metadata_url, protected_resource_metadata};
 pub use verify::{Guard, GuardConfig, KeySource, Principal, RevocationCheck, StaticKeys, StoreRevocation};
