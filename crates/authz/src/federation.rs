@@ -373,15 +373,15 @@ fn replay_guard(authz: &Authz, issuer: &str, claims: &Value) -> Option<Mutation>
 mod tests {
     use std::sync::Arc;
 
-    use mandate_audit::{AuditLog, CheckpointPolicy, CheckpointSigner};
+    use mandate_audit::CheckpointPolicy;
     use mandate_core::{Clock, ManualClock, TrustDomain};
     use mandate_crypto::{Alg, Kek, SigningKey, jose::sign_jwt};
 
     use super::*;
+    use crate::AuthzConfig;
     use crate::client_auth::Presented;
     use crate::registry::{self, NewAgent};
     use crate::token::{TokenRequest, token};
-    use crate::{AuthzConfig, Keyring};
 
     const NOW: i64 = 1_800_000_000;
     const ISSUER: &str = "https://cluster.example/issuer";
@@ -402,27 +402,14 @@ mod tests {
         let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
         let clock = ManualClock::at_ms(NOW * 1000);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-        let keys = Keyring::open(&store, Kek::generate().unwrap().0, clock.now_ms(), 3600).await.unwrap();
-        let signer = CheckpointSigner::new(keys.audit_key().unwrap(), "test/audit").unwrap();
-        let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&shared), CheckpointPolicy::default());
         let config = AuthzConfig {
-            issuer: "https://mandate.example".into(),
-            trust_domain: TrustDomain::parse("mandate.local").unwrap(),
             access_token_ttl_secs,
-            access_token_alg: Alg::EdDSA,
-            leeway_secs: 60,
-            max_assertion_lifetime_secs: 600,
             key_publish_lead_secs: 0,
-            allow_insecure_federation: false,
+            ..AuthzConfig::new("https://mandate.example", TrustDomain::parse("mandate.local").unwrap())
         };
-        let authz = Authz {
-            store,
-            log,
-            keys: Arc::new(keys),
-            clock: shared,
-            config: Arc::new(config),
-            jwks_cache: Default::default(),
-        };
+        let policy = CheckpointPolicy::default();
+        let authz =
+            Authz::start(store, Kek::generate().unwrap().0, shared, config, policy, "test/audit").await.unwrap();
         registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         let scopes = vec!["read".to_owned(), "write".to_owned()];
         let agent = NewAgent { name: "billing".into(), owner: "alice".into(), scopes, selectors: vec![] };

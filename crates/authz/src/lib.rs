@@ -13,12 +13,12 @@ pub mod token;
 
 use std::sync::Arc;
 
-use mandate_audit::{AuditError, AuditLog};
+use mandate_audit::{AuditError, AuditLog, CheckpointPolicy, CheckpointSigner};
 use mandate_core::{AuditEvent, Clock, OAuthError, TrustDomain};
-use mandate_crypto::Alg;
+use mandate_crypto::{Alg, Kek};
 use mandate_store::{Mutation, MutationError, Store, StoreError};
 
-pub use keyring::Keyring;
+pub use keyring::{Keyring, KeyringError};
 
 /// Issuance settings.
 #[derive(Debug, Clone)]
@@ -40,6 +40,20 @@ pub struct AuthzConfig {
 }
 
 impl AuthzConfig {
+    /// Defaults for everything but the issuer and the trust domain.
+    pub fn new(issuer: impl Into<String>, trust_domain: TrustDomain) -> Self {
+        Self {
+            issuer: issuer.into(),
+            trust_domain,
+            access_token_ttl_secs: 300,
+            access_token_alg: Alg::EdDSA,
+            leeway_secs: 60,
+            max_assertion_lifetime_secs: 600,
+            key_publish_lead_secs: 120,
+            allow_insecure_federation: false,
+        }
+    }
+
     pub fn token_endpoint(&self) -> String {
         format!("{}/oauth2/token", self.issuer)
     }
@@ -55,6 +69,27 @@ pub struct Authz {
     pub config: Arc<AuthzConfig>,
     /// Federated issuers' fetched JWK Sets.
     pub jwks_cache: Arc<jwks_fetch::JwksCache>,
+}
+
+/// The longest an access token may live; retired keys stay published this long.
+pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 3600;
+
+impl Authz {
+    /// Assembles the grant context over an opened store: loads the signing keys sealed with
+    /// `kek` (creating them on first use) and starts the audit writer for the log `origin`.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        kek: Kek,
+        clock: Arc<dyn Clock>,
+        config: AuthzConfig,
+        policy: CheckpointPolicy,
+        origin: &str,
+    ) -> Result<Self, KeyringError> {
+        let keys = Keyring::open(&store, kek, clock.now_ms(), MAX_ACCESS_TOKEN_TTL_SECS).await?;
+        let signer = CheckpointSigner::new(keys.audit_key()?, origin)?;
+        let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&clock), policy);
+        Ok(Self { store, log, keys: Arc::new(keys), clock, config: Arc::new(config), jwks_cache: Default::default() })
+    }
 }
 
 /// Who called an endpoint, once authenticated, for audit and authorisation decisions.

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 /// Longest access-token lifetime an operator may configure.
-pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 3600;
+pub use mandate_authz::MAX_ACCESS_TOKEN_TTL_SECS;
 const MIN_ACCESS_TOKEN_TTL_SECS: i64 = 30;
 /// SVID lifetimes: a few seconds (tests, demos) up to an hour, because a retired signing key
 /// stays published for at most [`MAX_ACCESS_TOKEN_TTL_SECS`] and must outlive what it signed.

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mandate_audit::{AuditLog, CheckpointPolicy, CheckpointSigner};
-use mandate_authz::{Authz, AuthzConfig, Keyring};
-use mandate_core::{AuditEvent, Clock, SystemClock, TrustDomain};
+use mandate_audit::CheckpointPolicy;
+use mandate_authz::{Authz, AuthzConfig};
+use mandate_core::{AuditEvent, SystemClock, TrustDomain};
 use mandate_crypto::{Alg, Kek, hash_secret, random_token};
 use mandate_store::Mutation;
 
-use crate::config::{MAX_ACCESS_TOKEN_TTL_SECS, Settings};
+use crate::config::Settings;
 
 const KEK_FILE: &str = "kek";
 const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -31,38 +31,33 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
     let store = mandate_store::open(&settings.database_url())
         .await
         .with_context(|| format!("opening database {}", redact_url(&settings.database_url())))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keys =
-        Keyring::open(&store, kek, clock.now_ms(), MAX_ACCESS_TOKEN_TTL_SECS).await.context("loading signing keys")?;
     let trust_domain = TrustDomain::parse(settings.trust_domain())?;
     let stored_origin = store.setting(SETTING_AUDIT_ORIGIN).await?;
     let origin = stored_origin.clone().unwrap_or_else(|| format!("{trust_domain}/audit"));
-    let signer = CheckpointSigner::new(keys.audit_key()?, &origin)?;
     let policy = CheckpointPolicy {
         every_events: settings.audit_checkpoint_events.unwrap_or(1000).max(1),
         every: Duration::from_millis(settings.audit_checkpoint_ms.unwrap_or(10_000).max(100)),
     };
-    let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&clock), policy);
-    if stored_origin.is_none() {
-        let event = AuditEvent::allow("log.origin", "startup").with_detail(format!("origin={origin}"));
-        let put = Mutation::PutSetting { key: SETTING_AUDIT_ORIGIN.into(), value: origin };
-        log.apply(put, event).await?.map_err(|e| anyhow::anyhow!("recording the log origin: {e}"))?;
-    }
     let access_token_alg = match settings.access_token_alg.as_deref() {
         None => Alg::EdDSA,
         Some(raw) => Alg::parse(raw).with_context(|| format!("access_token_alg {raw:?}: use EdDSA or ES256"))?,
     };
     let config = AuthzConfig {
-        issuer: issuer.trim_end_matches('/').to_owned(),
-        trust_domain,
         access_token_ttl_secs: settings.access_token_ttl_secs()?,
         access_token_alg,
-        leeway_secs: 60,
-        max_assertion_lifetime_secs: 600,
         key_publish_lead_secs: settings.key_publish_lead_secs()?,
         allow_insecure_federation: settings.allow_insecure_federation.unwrap_or(false),
+        ..AuthzConfig::new(issuer.trim_end_matches('/'), trust_domain)
     };
-    Ok(Authz { store, log, keys: Arc::new(keys), clock, config: Arc::new(config), jwks_cache: Default::default() })
+    let authz = Authz::start(store, kek, Arc::new(SystemClock), config, policy, &origin)
+        .await
+        .context("loading signing keys")?;
+    if stored_origin.is_none() {
+        let event = AuditEvent::allow("log.origin", "startup").with_detail(format!("origin={origin}"));
+        let put = Mutation::PutSetting { key: SETTING_AUDIT_ORIGIN.into(), value: origin };
+        authz.log.apply(put, event).await?.map_err(|e| anyhow::anyhow!("recording the log origin: {e}"))?;
+    }
+    Ok(authz)
 }
 
 /// The admin credential's hash, creating the credential on first start. The clear value is

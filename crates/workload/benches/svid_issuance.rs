@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mandate_audit::{AuditLog, CheckpointPolicy, CheckpointSigner};
+use mandate_audit::CheckpointPolicy;
 use mandate_authz::keyring::PURPOSE_JWT_SVID;
 use mandate_authz::registry::{self, NewAgent};
-use mandate_authz::{Authz, AuthzConfig, Keyring};
+use mandate_authz::{Authz, AuthzConfig};
 use mandate_core::{Agent, Clock, SystemClock, TrustDomain};
 use mandate_crypto::{Alg, Kek};
 use mandate_store::{SqliteStore, Store};
@@ -55,23 +55,13 @@ async fn authz(dir: &std::path::Path) -> (Authz, Agent) {
     mandate_crypto::init().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("bench.db")).unwrap());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (kek, _) = Kek::generate().unwrap();
-    let keys = Keyring::open(&store, kek, clock.now_ms(), 3600).await.unwrap();
-    let signer = CheckpointSigner::new(keys.audit_key().unwrap(), "bench.example/audit").unwrap();
     let policy = CheckpointPolicy { every_events: 1000, every: Duration::from_secs(10) };
-    let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&clock), policy);
     let config = AuthzConfig {
-        issuer: "https://mandate.bench.example".into(),
-        trust_domain: TrustDomain::parse("bench.example").unwrap(),
-        access_token_ttl_secs: 300,
-        access_token_alg: Alg::EdDSA,
-        leeway_secs: 60,
-        max_assertion_lifetime_secs: 600,
         key_publish_lead_secs: 0,
-        allow_insecure_federation: false,
+        ..AuthzConfig::new("https://mandate.bench.example", TrustDomain::parse("bench.example").unwrap())
     };
-    let authz =
-        Authz { store, log, keys: Arc::new(keys), clock, config: Arc::new(config), jwks_cache: Default::default() };
+    let kek = Kek::generate().unwrap().0;
+    let authz = Authz::start(store, kek, clock, config, policy, "bench.example/audit").await.unwrap();
     registry::create_owner(&authz, "alice", None, "bench").await.unwrap();
     let new = NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![] };
     let agent = registry::create_agent(&authz, new, "bench").await.unwrap();

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mandate_audit::{AuditLog, CheckpointPolicy, CheckpointSigner};
+use mandate_audit::CheckpointPolicy;
 use mandate_authz::registry::{self, NewAgent, RecordKind};
-use mandate_authz::{Authz, AuthzConfig, Keyring};
+use mandate_authz::{Authz, AuthzConfig};
 use mandate_core::{Clock, SystemClock, TrustDomain};
 use mandate_crypto::{Alg, Kek};
 use mandate_store::{SqliteStore, Store};
@@ -39,22 +39,13 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("mandate.db")).unwrap());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (kek, _) = Kek::generate().unwrap();
-        let keys = Keyring::open(&store, kek, clock.now_ms(), 3600).await.unwrap();
-        let signer = CheckpointSigner::new(keys.audit_key().unwrap(), "test/audit").unwrap();
-        let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&clock), CheckpointPolicy::default());
         let config = AuthzConfig {
-            issuer: "http://127.0.0.1:9".into(),
-            trust_domain: TrustDomain::parse(TD).unwrap(),
-            access_token_ttl_secs: 300,
-            access_token_alg: Alg::EdDSA,
             leeway_secs: 5,
-            max_assertion_lifetime_secs: 600,
             key_publish_lead_secs: 0,
-            allow_insecure_federation: false,
+            ..AuthzConfig::new("http://127.0.0.1:9", TrustDomain::parse(TD).unwrap())
         };
-        let keys = Arc::new(keys);
-        let authz = Authz { store, log, keys, clock, config: Arc::new(config), jwks_cache: Default::default() };
+        let kek = Kek::generate().unwrap().0;
+        let authz = Authz::start(store, kek, clock, config, CheckpointPolicy::default(), "test/audit").await.unwrap();
         let spiffe = SpiffeConfig { x509_svid_ttl_secs, ..SpiffeConfig::default() };
         let ca = Arc::new(SpiffeCa::new(authz.clone(), spiffe, None));
         let socket = dir.path().join("run/api.sock");

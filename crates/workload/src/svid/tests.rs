@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mandate_audit::{AuditLog, CheckpointPolicy, CheckpointSigner};
+use mandate_audit::CheckpointPolicy;
 use mandate_authz::keyring::{PURPOSE_JWT_SVID, PURPOSE_TOKEN, PURPOSE_X509_CA};
 use mandate_authz::registry::{self, NewAgent};
-use mandate_authz::{Authz, AuthzConfig, Keyring};
+use mandate_authz::{Authz, AuthzConfig};
 use mandate_core::{Clock, ManualClock};
 use mandate_crypto::{Kek, SigningKey};
 use mandate_store::{SqliteStore, Store};
@@ -59,30 +59,12 @@ async fn fixture_with(config: SpiffeConfig, upstream: Option<UpstreamCa>) -> Fix
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("m.db")).unwrap());
     let clock = ManualClock::at_ms(NOW_MS);
-    let (kek, _) = Kek::generate().unwrap();
-    let keys = Keyring::open(&store, kek, NOW_MS, 3600).await.unwrap();
-    let signer = CheckpointSigner::new(keys.audit_key().unwrap(), "example.org/audit").unwrap();
     let policy = CheckpointPolicy { every_events: 1000, every: Duration::from_secs(3600) };
     let shared_clock: Arc<dyn Clock> = Arc::new(clock.clone());
-    let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&shared_clock), policy);
-    let config_authz = AuthzConfig {
-        issuer: ISSUER.into(),
-        trust_domain: TrustDomain::parse(TD).unwrap(),
-        access_token_ttl_secs: 300,
-        access_token_alg: Alg::EdDSA,
-        leeway_secs: 60,
-        max_assertion_lifetime_secs: 600,
-        key_publish_lead_secs: 0,
-        allow_insecure_federation: false,
-    };
-    let authz = Authz {
-        store,
-        log,
-        keys: Arc::new(keys),
-        clock: shared_clock,
-        config: Arc::new(config_authz),
-        jwks_cache: Arc::default(),
-    };
+    let config_authz =
+        AuthzConfig { key_publish_lead_secs: 0, ..AuthzConfig::new(ISSUER, TrustDomain::parse(TD).unwrap()) };
+    let kek = Kek::generate().unwrap().0;
+    let authz = Authz::start(store, kek, shared_clock, config_authz, policy, "example.org/audit").await.unwrap();
     registry::create_owner(&authz, "alice", None, "t").await.unwrap();
     let new = NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![] };
     let agent = registry::create_agent(&authz, new, "t").await.unwrap();
