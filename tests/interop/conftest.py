@@ -9,6 +9,7 @@ The binary comes from $MANDATE_BIN, defaulting to target/debug/mandate of this c
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -191,19 +192,16 @@ def mandate_bin() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def mandate(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mandate")
+@contextlib.contextmanager
+def running_mandate(mandate_bin: Path, root: Path, extra_args: tuple[str, ...] = (), extra_env: dict | None = None):
+    """`mandate serve` on a free loopback port with its data in `root/data`; stopped cleanly on exit."""
     data_dir = root / "data"  # created by mandate itself on first start
     port = free_port()
     stdout_path, stderr_path = root / "serve.stdout", root / "serve.stderr"
+    argv = [str(mandate_bin), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra_args]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(mandate_bin), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=child_env(),
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env={**child_env(), **(extra_env or {})}
         )
     try:
         banner = _wait_for_banner(proc, stdout_path, stderr_path)
@@ -218,6 +216,12 @@ def mandate(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         stop_server(proc, stderr_path)
+
+
+@pytest.fixture(scope="session")
+def mandate(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
+    with running_mandate(mandate_bin, tmp_path_factory.mktemp("mandate")) as server:
+        yield server
 
 
 @dataclass

@@ -23,16 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from conftest import (
-    stop_server,
-    CLI_TIMEOUT_S,
-    RESOURCE,
-    Mandate,
-    _wait_for_banner,
-    _wait_healthy,
-    child_env,
-    free_port,
-)
+from conftest import CLI_TIMEOUT_S, RESOURCE, Mandate, child_env, running_mandate
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 INSECURE = {"MANDATE_ALLOW_INSECURE_FEDERATION": "true"}
@@ -183,23 +174,7 @@ def cli_insecure(m: Mandate, *args: str, check: bool = True) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def fed(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory, issuer: Issuer):
     root = tmp_path_factory.mktemp("mandate-federation")
-    data_dir = root / "data"
-    port = free_port()
-    stdout_path, stderr_path = root / "serve.stdout", root / "serve.stderr"
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            [str(mandate_bin), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env={**child_env(), **INSECURE},
-        )
-    try:
-        banner = _wait_for_banner(proc, stdout_path, stderr_path)
-        base_url = f"http://127.0.0.1:{port}"
-        _wait_healthy(base_url)
-        admin = (data_dir / "admin-token").read_text().strip()
-        m = Mandate(bin=mandate_bin, data_dir=data_dir, base_url=base_url, banner=banner, admin_token=admin)
+    with running_mandate(mandate_bin, root, extra_env=INSECURE) as m:
         cli_insecure(m, "owner", "create", "alice")
         cli_insecure(m, "resource", "create", RESOURCE, "--scope", "read", "--scope", "write")
         cli_insecure(m, "agent", "create", "billing", "--owner", "alice", "--scope", "read")
@@ -221,8 +196,6 @@ def fed(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory, issuer: Iss
             "--claim", "environment=production", "--agent", "deployer", "--max-ttl-secs", "120",
         )  # fmt: skip
         yield m
-    finally:
-        stop_server(proc, stderr_path)
 
 
 def exchange(m: Mandate, assertion: str, request_id: str | None = None, **extra) -> requests.Response:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.workloadapi.errors import FetchJwtSvidError, FetchX509SvidError, ValidateJwtSvidError
 
-from conftest import Mandate, _wait_for_banner, _wait_healthy, child_env, free_port, stop_server
+from conftest import Mandate, running_mandate
 
 TRUST_DOMAIN = "mandate.local"
 AGENT_NAME = "py-workload"
@@ -57,25 +56,10 @@ class WorkloadServer:
 @pytest.fixture(scope="module")
 def workload(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("workload")
-    data_dir = root / "data"
     socket_path = root / "run" / "workload.sock"
-    port = free_port()
-    env = child_env()
-    env["MANDATE_X509_SVID_TTL_SECS"] = str(X509_TTL_S)
-    stdout_path, stderr_path = root / "serve.stdout", root / "serve.stderr"
-    argv = [
-        str(mandate_bin), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-        "--workload-socket", str(socket_path),
-    ]
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
-    try:
-        banner = _wait_for_banner(proc, stdout_path, stderr_path)
-        assert banner.get("workload") == f"unix://{socket_path}", banner
-        base_url = f"http://127.0.0.1:{port}"
-        _wait_healthy(base_url)
-        admin = (data_dir / "admin-token").read_text().strip()
-        mandate = Mandate(bin=mandate_bin, data_dir=data_dir, base_url=base_url, banner=banner, admin_token=admin)
+    env = {"MANDATE_X509_SVID_TTL_SECS": str(X509_TTL_S)}
+    with running_mandate(mandate_bin, root, ("--workload-socket", str(socket_path)), env) as mandate:
+        assert mandate.banner.get("workload") == f"unix://{socket_path}", mandate.banner
         # The kernel reports the interpreter's real path for this process, and its real uid.
         exe = os.path.realpath(sys.executable)
         assert exe == os.readlink("/proc/self/exe")
@@ -85,8 +69,6 @@ def workload(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
             "--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{exe}",
         )
         yield WorkloadServer(mandate, socket_path)
-    finally:
-        stop_server(proc, stderr_path)
     assert not socket_path.exists(), "the server removes its socket on shutdown"
 
 
