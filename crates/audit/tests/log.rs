@@ -59,7 +59,8 @@ async fn concurrent_appends_form_one_verifiable_chain() {
 async fn mutations_and_their_events_commit_together() {
     let dir = tempfile::tempdir().unwrap();
     let log = start(&dir, 1000);
-    let alice = Owner { name: Name::parse("alice").unwrap(), display_name: None, created_at_ms: 1 };
+    let alice =
+        Owner { name: Name::parse("alice").unwrap(), display_name: None, password_hash: None, created_at_ms: 1 };
     let ok = log
         .apply(Mutation::CreateOwner(alice.clone()), AuditEvent::allow("registry.owner.create", "r1"))
         .await

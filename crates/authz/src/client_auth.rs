@@ -1,6 +1,7 @@
 //! Client authentication at the token, introspection and revocation endpoints:
-//! `client_secret_basic`, `client_secret_post` and `private_key_jwt` (RFC 7523 §2.2).
-//! Every failure is `invalid_client`, with a description that never echoes a secret.
+//! `client_secret_basic`, `client_secret_post`, `private_key_jwt` (RFC 7523 §2.2), and public
+//! clients (`none`) that only name themselves. Every failure is `invalid_client`, with a
+//! description that never echoes a secret.
 
 use mandate_core::{Agent, Client, ClientAuthMethod, OAuthError};
 use mandate_crypto::jose::peek_claims;
@@ -21,8 +22,20 @@ const ASSERTION_TYPES: &[&str] = &["client-authentication+jwt", "jwt"];
 #[derive(Debug)]
 pub enum Presented {
     None,
-    Secret { client_id: String, secret: Zeroizing<String>, method: ClientAuthMethod },
-    Assertion { client_id: Option<String>, assertion: String },
+    /// Only a `client_id` parameter: a public client (RFC 6749 §2.1), or a confidential one that
+    /// forgot its credentials.
+    Public {
+        client_id: String,
+    },
+    Secret {
+        client_id: String,
+        secret: Zeroizing<String>,
+        method: ClientAuthMethod,
+    },
+    Assertion {
+        client_id: Option<String>,
+        assertion: String,
+    },
 }
 
 impl Presented {
@@ -30,6 +43,7 @@ impl Presented {
     pub fn claimed_client_id(&self) -> Option<String> {
         match self {
             Self::None => None,
+            Self::Public { client_id } => Some(client_id.clone()),
             Self::Secret { client_id, .. } => Some(client_id.clone()),
             Self::Assertion { client_id: Some(id), .. } => Some(id.clone()),
             Self::Assertion { assertion, .. } => {
@@ -39,11 +53,28 @@ impl Presented {
     }
 }
 
-/// A client that proved who it is, with the agent it acts as.
+/// A client that proved who it is (or, if public, named itself), with the agent it acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedClient {
     pub client: Client,
-    pub agent: Agent,
+    pub agent: Option<Agent>,
+}
+
+impl AuthenticatedClient {
+    /// The agent, for grants only an agent's client may use.
+    pub fn agent(&self) -> Result<&Agent, OAuthError> {
+        self.agent.as_ref().ok_or_else(|| {
+            OAuthError::new(
+                mandate_core::OAuthErrorCode::UnauthorizedClient,
+                "this grant needs a client registered for an agent",
+            )
+        })
+    }
+
+    /// Whether the client proved possession of a credential (not a public client).
+    pub fn is_confidential(&self) -> bool {
+        self.client.auth_method != ClientAuthMethod::None
+    }
 }
 
 /// Authenticates the client. A valid client assertion is spent here, before the request is
@@ -56,6 +87,7 @@ pub async fn authenticate(
 ) -> Result<AuthenticatedClient, OAuthError> {
     let (client, replay_guard) = match presented {
         Presented::None => return Err(OAuthError::invalid_client("client authentication is required")),
+        Presented::Public { client_id } => (check_public(authz, &client_id).await?, None),
         Presented::Secret { client_id, secret, method } => {
             (check_secret(authz, &client_id, &secret, method).await?, None)
         }
@@ -64,23 +96,42 @@ pub async fn authenticate(
             (client, Some(guard))
         }
     };
-    let agent = authz
-        .store
-        .agent(client.agent.as_str())
-        .await
-        .map_err(store_failure)?
-        .ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))?;
+    let agent = match &client.agent {
+        None => None,
+        Some(name) => Some(
+            authz
+                .store
+                .agent(name.as_str())
+                .await
+                .map_err(store_failure)?
+                .ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))?,
+        ),
+    };
     if let Some((guard, jti)) = replay_guard {
         let mut event = AuditEvent::allow("client.authenticate", correlation_id)
             .with_detail(format!("private_key_jwt assertion jti={jti}"));
         event.client = Some(client.client_id.clone());
-        event.agent = Some(agent.spiffe_id.to_string());
-        event.owner = Some(agent.owner.to_string());
+        event.agent = agent.as_ref().map(|a| a.spiffe_id.to_string());
+        event.owner = agent.as_ref().map(|a| a.owner.to_string());
         if authz.log.apply(guard, event).await.map_err(audit_failure)?.is_err() {
             return Err(assertion_replayed());
         }
     }
     Ok(AuthenticatedClient { client, agent })
+}
+
+/// A client that presents no credential must be registered as public; a confidential client
+/// that omits its credentials is refused rather than downgraded.
+async fn check_public(authz: &Authz, client_id: &str) -> Result<Client, OAuthError> {
+    let client = authz.store.client(client_id).await.map_err(store_failure)?;
+    match client {
+        Some(client) if client.auth_method == ClientAuthMethod::None => Ok(client),
+        Some(client) => Err(OAuthError::invalid_client(format!(
+            "client authentication is required ({})",
+            client.auth_method.as_str()
+        ))),
+        None => Err(OAuthError::invalid_client("unknown client")),
+    }
 }
 
 async fn check_secret(

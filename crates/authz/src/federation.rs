@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use mandate_core::{Agent, AuditEvent, FederationRule, Name, OAuthError, OAuthErrorCode, SubjectMatch};
 use mandate_crypto::jose::peek_claims;
+use mandate_crypto::jwk_set::parse_jwk_set;
 use mandate_crypto::{JwtError, PublicKey, VerifyOptions, verify_jwt};
 use mandate_store::Mutation;
 use serde_json::{Value, json};
 
 use crate::client_auth::AuthenticatedClient;
-use crate::jwks_fetch::{self, parse_jwk_set};
+use crate::jwks_fetch;
 use crate::keyring::PURPOSE_JWT_SVID;
 use crate::token::{AccessToken, TokenResponse, granted_scope, sign_access_token, target_resource};
 use crate::{Authz, store_failure};
@@ -351,7 +352,7 @@ async fn rule_agent(
         .ok_or_else(|| invalid_grant(format!("rule {}: its agent no longer exists", rule.name)))?;
     event.agent = Some(agent.spiffe_id.to_string());
     event.owner = Some(agent.owner.to_string());
-    if client.is_some_and(|c| c.agent.name != agent.name) {
+    if client.is_some_and(|c| c.agent.as_ref().map(|a| &a.name) != Some(&agent.name)) {
         return Err(invalid_grant("the authenticated client acts for another agent than the federation rule"));
     }
     Ok(agent)
@@ -412,7 +413,8 @@ mod tests {
             Authz::start(store, Kek::generate().unwrap().0, shared, config, policy, "test/audit").await.unwrap();
         registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         let scopes = vec!["read".to_owned(), "write".to_owned()];
-        let agent = NewAgent { name: "billing".into(), owner: "alice".into(), scopes, selectors: vec![] };
+        let agent =
+            NewAgent { name: "billing".into(), owner: "alice".into(), scopes, selectors: vec![], ..Default::default() };
         registry::create_agent(&authz, agent, "t").await.unwrap();
         let offered = ["read", "write", "admin"].map(String::from);
         registry::create_resource(&authz, RESOURCE, &offered, "t").await.unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use mandate_core::{AuditEvent, OAuthError};
 use mandate_crypto::{VerifyOptions, verify_jwt};
-use mandate_guard::StoreRevocation;
+use mandate_guard::{GRANT_CLAIM, StoreRevocation, TokenFacts};
 use serde_json::{Map, Value, json};
 
 use crate::token::{ACCESS_TOKEN_TYP, OWNER_CLAIM};
@@ -80,10 +80,16 @@ pub async fn check_active(authz: &Authz, token: &str) -> Result<Liveness, OAuthE
         Ok(t) => t,
         Err(inactive) => return Ok(Liveness::Inactive(None, inactive)),
     };
-    let revoked = revocation(authz)
-        .check(&issued.jti, issued.iat, &issued.client_id, issued.agent.as_deref(), issued.owner.as_deref())
-        .await
-        .map_err(|e| store_failure(mandate_store::StoreError::Database(e)))?;
+    let facts = TokenFacts {
+        jti: &issued.jti,
+        iat: issued.iat,
+        client_id: &issued.client_id,
+        agent: issued.agent.as_deref(),
+        owner: issued.owner.as_deref(),
+        grant: issued.claims.get(GRANT_CLAIM).and_then(Value::as_str),
+    };
+    let revoked =
+        revocation(authz).check(&facts).await.map_err(|e| store_failure(mandate_store::StoreError::Database(e)))?;
     match revoked {
         Some(reason) => Ok(Liveness::Inactive(Some(Box::new(issued)), Inactive::Revoked(reason))),
         None => Ok(Liveness::Active(issued)),

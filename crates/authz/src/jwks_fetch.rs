@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mandate_crypto::PublicKey;
+use mandate_crypto::jwk_set::parse_jwk_set;
 use parking_lot::Mutex;
-use serde_json::Value;
 use url::{Host, Url};
 
 /// Largest JWKS document read.
@@ -24,8 +24,6 @@ pub const MAX_MAX_AGE_SECS: i64 = 24 * 3600;
 /// A URL is fetched at most this often outside its cache lifetime: after an unknown `kid`, or
 /// after a failed fetch (so a dead issuer does not cost every request a timeout).
 pub const MIN_REFETCH_SECS: i64 = 30;
-/// Keys beyond this many in one set are ignored.
-const MAX_KEYS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -332,25 +330,6 @@ pub fn max_age_secs(value: Option<&reqwest::header::HeaderValue>) -> i64 {
     age.unwrap_or(DEFAULT_MAX_AGE_SECS).clamp(MIN_MAX_AGE_SECS, MAX_MAX_AGE_SECS)
 }
 
-/// A JWK Set from a federated issuer or an operator. Keys this verifier cannot use are skipped
-/// rather than failing the set, as JWKS consumers must: unsupported types or curves, RSA below
-/// 2048 bits, keys for another `use` (SPIFFE bundles also list `x509-svid` CA keys), and any
-/// key published with private members. At least one usable key must remain.
-pub fn parse_jwk_set(text: &str) -> Result<Vec<PublicKey>, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let entries = doc.get("keys").and_then(Value::as_array).ok_or("no \"keys\" array")?;
-    let usable: Vec<PublicKey> = entries
-        .iter()
-        .take(MAX_KEYS)
-        .filter(|jwk| matches!(jwk.get("use").and_then(Value::as_str), None | Some("sig" | "jwt-svid")))
-        .filter_map(|jwk| PublicKey::from_jwk(jwk).ok())
-        .collect();
-    if usable.is_empty() {
-        return Err("no usable signature key (RSA of 2048 bits or more, EC P-256 or Ed25519)".into());
-    }
-    Ok(usable)
-}
-
 #[derive(Default)]
 struct Entry {
     keys: Option<Arc<Vec<PublicKey>>>,
@@ -553,23 +532,6 @@ mod tests {
         assert_eq!(age("no-store"), MIN_MAX_AGE_SECS);
         assert_eq!(age("max-age=soon"), DEFAULT_MAX_AGE_SECS);
         assert_eq!(age("private"), DEFAULT_MAX_AGE_SECS);
-    }
-
-    #[test]
-    fn unusable_keys_are_skipped_but_one_must_remain() {
-        let ec = SigningKey::generate(Alg::ES256).unwrap();
-        let jwk = ec.public().jwk().clone();
-        let mut x509 = jwk.clone();
-        x509["use"] = json!("x509-svid");
-        let mut enc = jwk.clone();
-        enc["use"] = json!("enc");
-        let p384 = json!({"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"});
-        let doc = json!({"keys": [p384, x509, enc, jwk]}).to_string();
-        assert_eq!(parse_jwk_set(&doc).unwrap().len(), 1);
-        let none = json!({"keys": [p384]}).to_string();
-        assert!(parse_jwk_set(&none).is_err());
-        assert!(parse_jwk_set("[]").is_err());
-        assert!(parse_jwk_set("{\"keys\": []}").is_err());
     }
 
     /// A JWKS server on loopback, counting hits on `/jwks`.

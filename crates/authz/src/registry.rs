@@ -18,26 +18,52 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAgent {
     pub name: String,
     pub owner: String,
     pub scopes: Vec<String>,
     /// Workload attestation selectors, e.g. `unix:uid:1000`.
     pub selectors: Vec<String>,
+    /// Token exchange may issue this agent tokens that impersonate their subject.
+    pub may_impersonate: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewClient {
-    pub agent: String,
-    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
+    /// The agent the client authenticates as; none for an application people sign in to.
+    pub agent: Option<String>,
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none` (public).
     pub auth_method: String,
     /// Required for `private_key_jwt`: a JWK Set with the client's public keys.
     pub jwks: Option<String>,
-    /// Defaults to `<agent>.<random>`.
+    /// Defaults to `<agent>.<random>` (or `app.<random>` without an agent).
     pub client_id: Option<String>,
     pub can_introspect: bool,
+    /// Redirect URIs for the authorization code grant, matched exactly.
+    pub redirect_uris: Vec<String>,
+    /// Defaults: an agent's client gets client_credentials, jwt-bearer and token exchange; a
+    /// client with redirect URIs also gets authorization_code and refresh_token.
+    pub grant_types: Vec<String>,
+    pub client_name: Option<String>,
 }
+
+/// Grants an agent's client may use unless registered otherwise.
+pub const AGENT_GRANTS: &[&str] = &[
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+];
+/// Grants of a client people sign in to.
+pub const CODE_GRANTS: &[&str] = &["authorization_code", "refresh_token"];
+/// Every grant type a client may be registered for.
+pub const KNOWN_GRANTS: &[&str] = &[
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+];
 
 /// A created client; `secret` is shown once and never stored in clear.
 #[derive(Debug, Clone)]
@@ -75,7 +101,7 @@ pub async fn create_owner(
     let mut event = AuditEvent::allow("registry.owner.create", correlation_id);
     event.owner = Some(name.to_owned());
     let prepared = Name::parse(name).map_err(invalid).map(|name| {
-        let owner = Owner { name, display_name, created_at_ms: authz.clock.now_ms() };
+        let owner = Owner { name, display_name, password_hash: None, created_at_ms: authz.clock.now_ms() };
         (Mutation::CreateOwner(owner.clone()), owner)
     });
     change(authz, event, prepared).await
@@ -94,6 +120,7 @@ pub async fn create_agent(authz: &Authz, new: NewAgent, correlation_id: &str) ->
             owner,
             scopes: scopes.to_vec(),
             selectors: new.selectors.clone(),
+            may_impersonate: new.may_impersonate,
             created_at_ms: authz.clock.now_ms(),
         };
         Ok((Mutation::CreateAgent(agent.clone()), agent))
@@ -114,30 +141,29 @@ pub async fn create_client(
     let prepared = prepare_client(authz, new);
     if let Ok((_, created)) = &prepared {
         event.client = Some(created.client.client_id.clone());
-        event.detail =
-            Some(format!("agent={} auth_method={}", created.client.agent, created.client.auth_method.as_str()));
+        let agent = created.client.agent.as_ref().map_or("-".to_owned(), ToString::to_string);
+        event.detail = Some(format!("agent={agent} auth_method={}", created.client.auth_method.as_str()));
     }
     change(authz, event, prepared).await
 }
 
 fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedClient), RegistryError> {
-    let agent = Name::parse(&new.agent).map_err(invalid)?;
+    let agent = new.agent.as_deref().map(Name::parse).transpose().map_err(invalid)?;
     let auth_method = ClientAuthMethod::parse(&new.auth_method).ok_or_else(|| {
-        invalid("token_endpoint_auth_method must be client_secret_basic, client_secret_post or private_key_jwt")
+        invalid("token_endpoint_auth_method must be client_secret_basic, client_secret_post, private_key_jwt or none")
     })?;
     let client_id = match new.client_id {
         Some(id) => Name::parse(&id).map_err(invalid)?.to_string(),
-        None => format!("{agent}.{}", &hash_secret(&random_token(""))[..12]),
-    };
-    let (secret, jwks) = match (auth_method.uses_secret(), new.jwks) {
-        (true, None) => (Some(random_token("mcs_")), None),
-        (true, Some(_)) => return Err(invalid("a JWKS is only for private_key_jwt clients")),
-        (false, Some(jwks)) => {
-            parse_jwks(&jwks).map_err(invalid)?;
-            (None, Some(jwks))
+        None => {
+            let prefix = agent.as_ref().map_or("app".to_owned(), ToString::to_string);
+            format!("{prefix}.{}", &hash_secret(&random_token(""))[..12])
         }
-        (false, None) => return Err(invalid("private_key_jwt clients need a JWKS")),
     };
+    let (secret, jwks) = client_credential(auth_method, new.jwks)?;
+    for uri in &new.redirect_uris {
+        check_redirect_uri(uri).map_err(invalid)?;
+    }
+    let grant_types = client_grants(agent.is_some(), auth_method, &new.redirect_uris, new.grant_types)?;
     let client = Client {
         client_id,
         agent,
@@ -145,9 +171,89 @@ fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedCli
         secret_hash: secret.as_deref().map(hash_secret),
         jwks,
         can_introspect: new.can_introspect,
+        redirect_uris: new.redirect_uris,
+        grant_types,
+        client_name: new.client_name,
+        metadata: None,
         created_at_ms: authz.clock.now_ms(),
     };
     Ok((Mutation::CreateClient(client.clone()), CreatedClient { client, secret }))
+}
+
+/// A fresh secret for the shared-secret methods; the registered JWKS for `private_key_jwt`.
+pub fn client_credential(
+    auth_method: ClientAuthMethod,
+    jwks: Option<String>,
+) -> Result<(Option<String>, Option<String>), RegistryError> {
+    match (auth_method, jwks) {
+        (ClientAuthMethod::None, None) => Ok((None, None)),
+        (ClientAuthMethod::None, Some(_)) => Err(invalid("a JWKS is only for private_key_jwt clients")),
+        (method, None) if method.uses_secret() => Ok((Some(random_token("mcs_")), None)),
+        (method, Some(_)) if method.uses_secret() => Err(invalid("a JWKS is only for private_key_jwt clients")),
+        (_, Some(jwks)) => {
+            parse_jwks(&jwks).map_err(invalid)?;
+            Ok((None, Some(jwks)))
+        }
+        (_, None) => Err(invalid("private_key_jwt clients need a JWKS")),
+    }
+}
+
+/// The grant types a client gets: as asked (each known, and only what its shape allows), or
+/// the defaults for its shape.
+fn client_grants(
+    has_agent: bool,
+    auth_method: ClientAuthMethod,
+    redirect_uris: &[String],
+    asked: Vec<String>,
+) -> Result<Vec<String>, RegistryError> {
+    let mut defaults: Vec<&str> = Vec::new();
+    if has_agent && auth_method != ClientAuthMethod::None {
+        defaults.extend(AGENT_GRANTS);
+    }
+    if !redirect_uris.is_empty() {
+        defaults.extend(CODE_GRANTS);
+    }
+    if asked.is_empty() {
+        return Ok(defaults.into_iter().map(str::to_owned).collect());
+    }
+    for grant in &asked {
+        if !KNOWN_GRANTS.contains(&grant.as_str()) {
+            return Err(invalid(format!("grant type {grant:?} is not supported")));
+        }
+        if grant == "authorization_code" && redirect_uris.is_empty() {
+            return Err(invalid("authorization_code needs at least one redirect URI"));
+        }
+        if AGENT_GRANTS.contains(&grant.as_str()) && !(has_agent && auth_method != ClientAuthMethod::None) {
+            return Err(invalid(format!("grant type {grant} needs a confidential client registered for an agent")));
+        }
+    }
+    Ok(asked)
+}
+
+/// OAuth 2.1 / RFC 9700 redirect URIs: absolute, no fragment; https, or http only to a loopback
+/// host (native apps); private-use schemes (`com.example.app:/cb`) are accepted for native apps.
+pub fn check_redirect_uri(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("redirect URI {raw:?} is not an absolute URI: {e}"))?;
+    if url.fragment().is_some() {
+        return Err(format!("redirect URI {raw:?} must not contain a fragment"));
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(format!("redirect URI {raw:?} must use https unless it is a loopback address")),
+        "javascript" | "data" | "file" | "vbscript" => Err(format!("redirect URI scheme of {raw:?} is not allowed")),
+        scheme if scheme.contains('.') => Ok(()),
+        _ => Err(format!("redirect URI {raw:?} must be https, loopback http, or a private-use (reverse-DNS) scheme")),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 pub async fn create_resource(

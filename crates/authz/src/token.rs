@@ -70,6 +70,10 @@ async fn grant(
     let (resources, scope) = (&request.resources, request.scope.as_deref());
     match (grant_type, client) {
         (None, _) => Err(OAuthError::invalid_request("grant_type is required")),
+        (Some(grant), Some(client)) if !client.client.allows_grant(grant) => Err(OAuthError::new(
+            OAuthErrorCode::UnauthorizedClient,
+            format!("client is not registered for grant_type {grant}"),
+        )),
         (Some(GRANT_CLIENT_CREDENTIALS), Some(client)) => {
             client_credentials(authz, &client, resources, scope, event).await.map(|r| (r, None))
         }
@@ -91,10 +95,11 @@ async fn client_credentials(
     event: &mut AuditEvent,
 ) -> Result<TokenResponse, OAuthError> {
     let resource = target_resource(authz, resources).await?;
-    let scope = granted_scope(&client.agent, &resource, requested_scope)?;
+    let agent = client.agent()?;
+    let scope = granted_scope(agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
     let token = AccessToken {
-        agent: &client.agent,
+        agent,
         client_id: &client.client.client_id,
         resource: &resource,
         scope: &scope,
@@ -106,8 +111,10 @@ async fn client_credentials(
 
 pub(crate) fn describe_client(event: &mut AuditEvent, client: &AuthenticatedClient) {
     event.client = Some(client.client.client_id.clone());
-    event.agent = Some(client.agent.spiffe_id.to_string());
-    event.owner = Some(client.agent.owner.to_string());
+    if let Some(agent) = &client.agent {
+        event.agent = Some(agent.spiffe_id.to_string());
+        event.owner = Some(agent.owner.to_string());
+    }
 }
 
 /// Exactly one registered resource: the token's audience.

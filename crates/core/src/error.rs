@@ -18,6 +18,14 @@ pub enum OAuthErrorCode {
     AccessDenied,
     ServerError,
     TemporarilyUnavailable,
+    /// Authorization endpoint (RFC 6749 §4.1.2.1).
+    UnsupportedResponseType,
+    /// DPoP (RFC 9449 §5, §8).
+    InvalidDpopProof,
+    UseDpopNonce,
+    /// Dynamic client registration (RFC 7591 §3.2.2).
+    InvalidRedirectUri,
+    InvalidClientMetadata,
 }
 
 impl OAuthErrorCode {
@@ -34,6 +42,11 @@ impl OAuthErrorCode {
             Self::AccessDenied => "access_denied",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
+            Self::InvalidRedirectUri => "invalid_redirect_uri",
+            Self::InvalidClientMetadata => "invalid_client_metadata",
         }
     }
 

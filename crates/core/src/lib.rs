@@ -13,5 +13,8 @@ pub use audit::{AuditEvent, Decision};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OAuthError, OAuthErrorCode};
 pub use ids::{Name, ResourceUri, SpiffeId, TrustDomain, ValidationError};
-pub use registry::{Agent, Client, ClientAuthMethod, FederationRule, JoinToken, Owner, Resource, SubjectMatch};
+pub use registry::{
+    Agent, AuthCode, Client, ClientAuthMethod, Consent, DelegationTarget, FederationRule, JoinToken, Owner,
+    RefreshToken, Resource, SubjectMatch, TrustedIdp,
+};
 pub use scope::ScopeSet;

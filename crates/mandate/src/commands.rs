@@ -57,6 +57,9 @@ pub enum AgentCmd {
         /// Workload attestation selector (repeatable), e.g. unix:uid:1000 or unix:path:/usr/bin/agent.
         #[arg(long = "selector")]
         selectors: Vec<String>,
+        /// Let token exchange give this agent tokens that impersonate their subject (no `act`).
+        #[arg(long)]
+        may_impersonate: bool,
     },
     List,
     Delete {
@@ -66,13 +69,23 @@ pub enum AgentCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
-    /// Register an OAuth client for an agent; a secret is printed once.
+    /// Register an OAuth client, for an agent or (with --redirect-uri) an application people
+    /// sign in to; a secret is printed once.
     Create {
         #[arg(long)]
-        agent: String,
-        /// client_secret_basic (default), client_secret_post or private_key_jwt.
+        agent: Option<String>,
+        /// client_secret_basic (default), client_secret_post, private_key_jwt or none (public).
         #[arg(long, default_value = "client_secret_basic")]
         auth: String,
+        /// Redirect URI for the authorization code grant (repeatable), matched exactly.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Grant type (repeatable); defaults follow from --agent and --redirect-uri.
+        #[arg(long = "grant-type")]
+        grant_types: Vec<String>,
+        /// Name shown on the consent page.
+        #[arg(long)]
+        name: Option<String>,
         /// JWK Set file with the client's public keys (private_key_jwt).
         #[arg(long)]
         jwks: Option<PathBuf>,
@@ -168,9 +181,9 @@ pub async fn owner(authz: &Authz, cmd: OwnerCmd, out: &Output) -> anyhow::Result
 
 pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
-        AgentCmd::Create { name, owner, scopes, selectors } => {
-            let agent =
-                registry::create_agent(authz, NewAgent { name, owner, scopes, selectors }, &correlation()).await?;
+        AgentCmd::Create { name, owner, scopes, selectors, may_impersonate } => {
+            let new = NewAgent { name, owner, scopes, selectors, may_impersonate };
+            let agent = registry::create_agent(authz, new, &correlation()).await?;
             out.show(&agent, || format!("agent {} created: {} (owner {})", agent.name, agent.spiffe_id, agent.owner))
         }
         AgentCmd::List => {
@@ -189,14 +202,23 @@ pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result
 
 pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
-        ClientCmd::Create { agent, auth, jwks, id, introspect } => {
+        ClientCmd::Create { agent, auth, redirect_uris, grant_types, name, jwks, id, introspect } => {
             let jwks = match jwks {
                 Some(path) => {
                     Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
                 }
                 None => None,
             };
-            let new = NewClient { agent, auth_method: auth, jwks, client_id: id, can_introspect: introspect };
+            let new = NewClient {
+                agent,
+                auth_method: auth,
+                jwks,
+                client_id: id,
+                can_introspect: introspect,
+                redirect_uris,
+                grant_types,
+                client_name: name,
+            };
             let made = registry::create_client(authz, new, &correlation()).await?;
             let shown = json!({
                 "client_id": made.client.client_id,
@@ -217,7 +239,10 @@ pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Resu
             out.show(&clients, || {
                 clients
                     .iter()
-                    .map(|c| format!("{}\tagent={}\t{}", c.client_id, c.agent, c.auth_method.as_str()))
+                    .map(|c| {
+                        let agent = c.agent.as_ref().map_or("-".to_owned(), ToString::to_string);
+                        format!("{}\tagent={agent}\t{}", c.client_id, c.auth_method.as_str())
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })

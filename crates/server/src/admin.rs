@@ -146,6 +146,8 @@ pub(crate) struct AgentBody {
     scopes: Vec<String>,
     #[serde(default)]
     selectors: Vec<String>,
+    #[serde(default)]
+    may_impersonate: bool,
 }
 
 async fn list_agents(_: Admin, State(s): State<AppState>) -> ApiResult {
@@ -157,7 +159,13 @@ async fn get_agent(_: Admin, State(s): State<AppState>, Path(name): Path<String>
 }
 
 async fn create_agent(admin: Admin, State(s): State<AppState>, Json(body): Json<AgentBody>) -> ApiResult {
-    let new = NewAgent { name: body.name, owner: body.owner, scopes: body.scopes, selectors: body.selectors };
+    let new = NewAgent {
+        name: body.name,
+        owner: body.owner,
+        scopes: body.scopes,
+        selectors: body.selectors,
+        may_impersonate: body.may_impersonate,
+    };
     let agent = registry::create_agent(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
     Ok(created(agent))
 }
@@ -169,8 +177,13 @@ async fn delete_agent(admin: Admin, State(s): State<AppState>, Path(name): Path<
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientBody {
-    agent: String,
+    agent: Option<String>,
     client_id: Option<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    grant_types: Vec<String>,
+    client_name: Option<String>,
     #[serde(default = "default_auth_method")]
     token_endpoint_auth_method: String,
     /// A JWK Set object, for `private_key_jwt`.
@@ -198,6 +211,9 @@ async fn create_client(admin: Admin, State(s): State<AppState>, Json(body): Json
         jwks: body.jwks.map(|j| j.to_string()),
         client_id: body.client_id,
         can_introspect: body.can_introspect,
+        redirect_uris: body.redirect_uris,
+        grant_types: body.grant_types,
+        client_name: body.client_name,
     };
     let made = registry::create_client(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
     let mut out = serde_json::to_value(&made.client).unwrap_or_default();

@@ -11,7 +11,10 @@ mod types;
 mod write;
 
 use async_trait::async_trait;
-use mandate_core::{Agent, AuditEvent, Client, FederationRule, JoinToken, Owner, Resource};
+use mandate_core::{
+    Agent, AuditEvent, AuthCode, Client, Consent, DelegationTarget, FederationRule, JoinToken, Owner, RefreshToken,
+    Resource, TrustedIdp,
+};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -70,6 +73,13 @@ pub trait Store: Send + Sync + 'static {
     /// The latest "not before" epoch (Unix seconds) over the given subjects, if any was set.
     async fn federation_rules(&self) -> Result<Vec<FederationRule>>;
     async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>>;
+    async fn trusted_idps(&self) -> Result<Vec<TrustedIdp>>;
+    async fn trusted_idp_by_issuer(&self, issuer: &str) -> Result<Option<TrustedIdp>>;
+    /// An agent's ID-JAG delegation targets.
+    async fn delegation_targets(&self, agent: &str) -> Result<Vec<DelegationTarget>>;
+    async fn consent(&self, owner: &str, client_id: &str, resource: &str) -> Result<Option<Consent>>;
+    async fn auth_code(&self, code_hash: &str) -> Result<Option<AuthCode>>;
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>>;
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;

@@ -10,11 +10,13 @@ pub(crate) struct Migration {
 pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/sqlite/V1__init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/sqlite/V2__workload.sql") },
+    Migration { version: 3, sql: include_str!("../migrations/sqlite/V3__delegation.sql") },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/postgres/V1__init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/postgres/V2__workload.sql") },
+    Migration { version: 3, sql: include_str!("../migrations/postgres/V3__delegation.sql") },
 ];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
-use mandate_core::{Agent, Client, FederationRule, JoinToken, Owner, Resource};
+use mandate_core::{
+    Agent, AuthCode, Client, Consent, DelegationTarget, FederationRule, JoinToken, Owner, RefreshToken, Resource,
+    TrustedIdp,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
@@ -210,6 +213,30 @@ impl Store for PostgresStore {
         self.query_one(read::JOIN_TOKEN, &[&token_hash], read::join_token).await
     }
 
+    async fn trusted_idps(&self) -> Result<Vec<TrustedIdp>> {
+        self.query_all(read::TRUSTED_IDPS, &[], read::trusted_idp).await
+    }
+
+    async fn trusted_idp_by_issuer(&self, issuer: &str) -> Result<Option<TrustedIdp>> {
+        self.query_one(read::TRUSTED_IDP_BY_ISSUER, &[&issuer], read::trusted_idp).await
+    }
+
+    async fn delegation_targets(&self, agent: &str) -> Result<Vec<DelegationTarget>> {
+        self.query_all(read::DELEGATION_TARGETS, &[&agent], read::delegation_target).await
+    }
+
+    async fn consent(&self, owner: &str, client_id: &str, resource: &str) -> Result<Option<Consent>> {
+        self.query_one(read::CONSENT, &[&owner, &client_id, &resource], read::consent).await
+    }
+
+    async fn auth_code(&self, code_hash: &str) -> Result<Option<AuthCode>> {
+        self.query_one(read::AUTH_CODE, &[&code_hash], read::auth_code).await
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>> {
+        self.query_one(read::REFRESH_TOKEN, &[&token_hash], read::refresh_token).await
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
         let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();
@@ -274,30 +301,40 @@ impl Store for PostgresStore {
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let tokens = self.execute(write::PURGE_REVOKED, &[&now_secs]).await?;
         let once = self.execute(write::PURGE_USED_ONCE, &[&now_secs]).await?;
-        Ok(tokens + once)
+        let keep_until_ms = (now_secs - write::KEEP_SPENT_SECS) * 1000;
+        let codes = self.execute(write::PURGE_AUTH_CODES, &[&keep_until_ms]).await?;
+        let refresh = self.execute(write::PURGE_REFRESH_TOKENS, &[&keep_until_ms]).await?;
+        Ok(tokens + once + codes + refresh)
     }
 }
 
-/// Runs one mutation in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing behind; any other
-/// failure fails the whole commit.
+/// Runs one mutation's statements in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing
+/// behind; any other failure fails the whole commit.
 async fn apply(tx: &mut Transaction<'_>, mutation: &Mutation) -> Result<std::result::Result<(), MutationError>> {
-    let step = Step::of(mutation);
-    let params: Vec<Param<'_>> = step.params.iter().map(bind).collect();
-    let stmt = tx.prepare_cached(step.sql).await?;
-    let savepoint = tx.savepoint("m").await?;
-    let ran = savepoint.execute(&stmt, &params).await;
-    let result = step.outcome(ran.map(|rows| rows > 0), violation)?;
-    match result {
-        Ok(()) => savepoint.commit().await?,
-        Err(_) => savepoint.rollback().await?,
+    let steps = Step::all(mutation);
+    let mut statements = Vec::with_capacity(steps.len());
+    for step in &steps {
+        statements.push(tx.prepare_cached(step.sql).await?);
     }
-    Ok(result)
+    let savepoint = tx.savepoint("m").await?;
+    for (step, stmt) in steps.iter().zip(&statements) {
+        let params: Vec<Param<'_>> = step.params.iter().map(bind).collect();
+        let ran = savepoint.execute(stmt, &params).await;
+        let result = step.outcome(ran.map(|rows| rows > 0), violation)?;
+        if result.is_err() {
+            savepoint.rollback().await?;
+            return Ok(result);
+        }
+    }
+    savepoint.commit().await?;
+    Ok(Ok(()))
 }
 
 fn bind<'v>(value: &'v Value<'_>) -> Param<'v> {
     match value {
         Value::Text(v) => v,
         Value::OwnedText(v) => v,
+        Value::OwnedOptText(v) => v,
         Value::OptText(v) => v,
         Value::Int(v) => v,
         Value::OptInt(v) => v,

@@ -7,8 +7,8 @@
 //! parameters in the order they appear, and the two agree only while that order holds.
 
 use mandate_core::{
-    Agent, Client, ClientAuthMethod, FederationRule, JoinToken, Name, Owner, Resource, ResourceUri, SpiffeId,
-    SubjectMatch, TrustDomain,
+    Agent, AuthCode, Client, ClientAuthMethod, Consent, DelegationTarget, FederationRule, JoinToken, Name, Owner,
+    RefreshToken, Resource, ResourceUri, SpiffeId, SubjectMatch, TrustDomain, TrustedIdp,
 };
 
 use crate::types::*;
@@ -29,15 +29,15 @@ pub(crate) type Decode<T> = fn(&dyn Columns) -> Result<T>;
 
 macro_rules! select {
     (owners $tail:literal) => {
-        concat!("SELECT name, display_name, created_at_ms FROM owners ", $tail)
+        concat!("SELECT name, display_name, created_at_ms, password_hash FROM owners ", $tail)
     };
     (agents $tail:literal) => {
-        concat!("SELECT name, owner, spiffe_id, scopes, created_at_ms, selectors FROM agents ", $tail)
+        concat!("SELECT name, owner, spiffe_id, scopes, created_at_ms, selectors, may_impersonate FROM agents ", $tail)
     };
     (clients $tail:literal) => {
         concat!(
             "SELECT client_id, agent, auth_method, secret_hash, jwks, can_introspect, \
-             created_at_ms FROM clients ",
+             created_at_ms, redirect_uris, grant_types, client_name, metadata FROM clients ",
             $tail
         )
     };
@@ -48,6 +48,15 @@ macro_rules! select {
         concat!(
             "SELECT name, issuer, jwks_url, jwks, audience, subject, subject_match, claims, agent, \
              max_ttl_secs, created_at_ms FROM federation_rules ",
+            $tail
+        )
+    };
+    (trusted_idps $tail:literal) => {
+        concat!("SELECT name, issuer, jwks_url, jwks, created_at_ms FROM trusted_idps ", $tail)
+    };
+    (delegation_targets $tail:literal) => {
+        concat!(
+            "SELECT agent, audience, resource, scopes, remote_client_id, created_at_ms FROM delegation_targets ",
             $tail
         )
     };
@@ -65,6 +74,15 @@ pub(crate) const CLIENTS: &str = select!(clients "ORDER BY client_id");
 pub(crate) const RESOURCE: &str = select!(resources "WHERE uri = $1");
 pub(crate) const RESOURCES: &str = select!(resources "ORDER BY uri");
 pub(crate) const FEDERATION_RULES: &str = select!(federation_rules "ORDER BY name");
+pub(crate) const TRUSTED_IDPS: &str = select!(trusted_idps "ORDER BY name");
+pub(crate) const TRUSTED_IDP_BY_ISSUER: &str = select!(trusted_idps "WHERE issuer = $1");
+pub(crate) const DELEGATION_TARGETS: &str = select!(delegation_targets "WHERE agent = $1 ORDER BY audience, resource");
+pub(crate) const CONSENT: &str = "SELECT owner, client_id, resource, scopes, granted_at_ms FROM consents \
+    WHERE owner = $1 AND client_id = $2 AND resource = $3";
+pub(crate) const AUTH_CODE: &str =
+    "SELECT code_hash, client_id, grant_json, expires_at_ms, used_at_ms FROM auth_codes WHERE code_hash = $1";
+pub(crate) const REFRESH_TOKEN: &str = "SELECT token_hash, family, client_id, grant_json, issued_at_ms, \
+    expires_at_ms, used_at_ms FROM refresh_tokens WHERE token_hash = $1";
 pub(crate) const JOIN_TOKEN: &str =
     "SELECT token_hash, agent, expires_at_ms, used_at_ms, created_at_ms FROM join_tokens WHERE token_hash = $1";
 pub(crate) const EPOCH: &str = "SELECT not_before FROM revocation_epochs WHERE kind = $1 AND name = $2";
@@ -91,7 +109,12 @@ fn hash(row: &dyn Columns, idx: usize, what: &str) -> Result<[u8; 32]> {
 }
 
 pub(crate) fn owner(row: &dyn Columns) -> Result<Owner> {
-    Ok(Owner { name: name(row, 0)?, display_name: row.opt_text(1)?, created_at_ms: row.int(2)? })
+    Ok(Owner {
+        name: name(row, 0)?,
+        display_name: row.opt_text(1)?,
+        created_at_ms: row.int(2)?,
+        password_hash: row.opt_text(3)?,
+    })
 }
 
 pub(crate) fn agent(row: &dyn Columns) -> Result<Agent> {
@@ -103,7 +126,8 @@ pub(crate) fn agent(row: &dyn Columns) -> Result<Agent> {
         spiffe_id,
         scopes: scopes_from_text(&row.text(3)?),
         created_at_ms: row.int(4)?,
-        selectors: serde_json::from_str(&row.text(5)?).map_err(|e| corrupt(format!("agent selectors: {e}")))?,
+        selectors: json_list(&row.text(5)?, "agent selectors")?,
+        may_impersonate: row.boolean(6)?,
     })
 }
 
@@ -148,12 +172,73 @@ pub(crate) fn client(row: &dyn Columns) -> Result<Client> {
     let method = row.text(2)?;
     Ok(Client {
         client_id: row.text(0)?,
-        agent: name(row, 1)?,
+        agent: row.opt_text(1)?.map(|a| Name::parse(&a).map_err(corrupt)).transpose()?,
         auth_method: ClientAuthMethod::parse(&method).ok_or_else(|| corrupt(format!("auth method {method}")))?,
         secret_hash: row.opt_text(3)?,
         jwks: row.opt_text(4)?,
         can_introspect: row.boolean(5)?,
         created_at_ms: row.int(6)?,
+        redirect_uris: json_list(&row.text(7)?, "client redirect_uris")?,
+        grant_types: json_list(&row.text(8)?, "client grant_types")?,
+        client_name: row.opt_text(9)?,
+        metadata: row.opt_text(10)?,
+    })
+}
+
+fn json_list(text: &str, what: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn trusted_idp(row: &dyn Columns) -> Result<TrustedIdp> {
+    Ok(TrustedIdp {
+        name: name(row, 0)?,
+        issuer: row.text(1)?,
+        jwks_url: row.opt_text(2)?,
+        jwks: row.opt_text(3)?,
+        created_at_ms: row.int(4)?,
+    })
+}
+
+pub(crate) fn delegation_target(row: &dyn Columns) -> Result<DelegationTarget> {
+    Ok(DelegationTarget {
+        agent: name(row, 0)?,
+        audience: row.text(1)?,
+        resource: row.text(2)?,
+        scopes: scopes_from_text(&row.text(3)?),
+        remote_client_id: row.text(4)?,
+        created_at_ms: row.int(5)?,
+    })
+}
+
+pub(crate) fn consent(row: &dyn Columns) -> Result<Consent> {
+    Ok(Consent {
+        owner: name(row, 0)?,
+        client_id: row.text(1)?,
+        resource: row.text(2)?,
+        scopes: scopes_from_text(&row.text(3)?),
+        granted_at_ms: row.int(4)?,
+    })
+}
+
+pub(crate) fn auth_code(row: &dyn Columns) -> Result<AuthCode> {
+    Ok(AuthCode {
+        code_hash: row.text(0)?,
+        client_id: row.text(1)?,
+        grant: row.text(2)?,
+        expires_at_ms: row.int(3)?,
+        used_at_ms: row.opt_int(4)?,
+    })
+}
+
+pub(crate) fn refresh_token(row: &dyn Columns) -> Result<RefreshToken> {
+    Ok(RefreshToken {
+        token_hash: row.text(0)?,
+        family: row.text(1)?,
+        client_id: row.text(2)?,
+        grant: row.text(3)?,
+        issued_at_ms: row.int(4)?,
+        expires_at_ms: row.int(5)?,
+        used_at_ms: row.opt_int(6)?,
     })
 }
 

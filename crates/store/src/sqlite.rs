@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use mandate_core::{Agent, Client, FederationRule, JoinToken, Owner, Resource};
+use mandate_core::{
+    Agent, AuthCode, Client, Consent, DelegationTarget, FederationRule, JoinToken, Owner, RefreshToken, Resource,
+    TrustedIdp,
+};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Params, Row, ToSql, TransactionBehavior, ffi, params};
 
@@ -163,6 +166,30 @@ impl Store for SqliteStore {
         self.read(|c| query_one(c, read::JOIN_TOKEN, [token_hash], read::join_token))
     }
 
+    async fn trusted_idps(&self) -> Result<Vec<TrustedIdp>> {
+        self.read(|c| query_all(c, read::TRUSTED_IDPS, [], read::trusted_idp))
+    }
+
+    async fn trusted_idp_by_issuer(&self, issuer: &str) -> Result<Option<TrustedIdp>> {
+        self.read(|c| query_one(c, read::TRUSTED_IDP_BY_ISSUER, [issuer], read::trusted_idp))
+    }
+
+    async fn delegation_targets(&self, agent: &str) -> Result<Vec<DelegationTarget>> {
+        self.read(|c| query_all(c, read::DELEGATION_TARGETS, [agent], read::delegation_target))
+    }
+
+    async fn consent(&self, owner: &str, client_id: &str, resource: &str) -> Result<Option<Consent>> {
+        self.read(|c| query_one(c, read::CONSENT, [owner, client_id, resource], read::consent))
+    }
+
+    async fn auth_code(&self, code_hash: &str) -> Result<Option<AuthCode>> {
+        self.read(|c| query_one(c, read::AUTH_CODE, [code_hash], read::auth_code))
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>> {
+        self.read(|c| query_one(c, read::REFRESH_TOKEN, [token_hash], read::refresh_token))
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         self.read(|c| {
             let mut latest = None;
@@ -225,7 +252,10 @@ impl Store for SqliteStore {
         let conn = self.inner.writer.lock();
         let a = conn.prepare_cached(write::PURGE_REVOKED)?.execute([now_secs])?;
         let b = conn.prepare_cached(write::PURGE_USED_ONCE)?.execute([now_secs])?;
-        Ok((a + b) as u64)
+        let keep_until_ms = (now_secs - write::KEEP_SPENT_SECS) * 1000;
+        let c = conn.prepare_cached(write::PURGE_AUTH_CODES)?.execute([keep_until_ms])?;
+        let d = conn.prepare_cached(write::PURGE_REFRESH_TOKENS)?.execute([keep_until_ms])?;
+        Ok((a + b + c + d) as u64)
     }
 }
 
@@ -250,24 +280,27 @@ fn commit_sync(conn: &mut Connection, jobs: Vec<WriteJob>, encoder: &dyn EntryEn
     Ok(outcomes)
 }
 
-/// Runs one mutation in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing behind; any other
-/// failure fails the whole commit.
+/// Runs one mutation's statements in a savepoint. A refusal (`Ok(Err(_))`) leaves nothing
+/// behind; any other failure fails the whole commit.
 fn apply(tx: &mut rusqlite::Transaction<'_>, mutation: &Mutation) -> Result<std::result::Result<(), MutationError>> {
-    let step = Step::of(mutation);
-    let params: Vec<&dyn ToSql> = step.params.iter().map(bind).collect();
     let savepoint = tx.savepoint()?;
-    let ran = savepoint.prepare_cached(step.sql)?.execute(params.as_slice());
-    let result = step.outcome(ran.map(|rows| rows > 0), violation)?;
-    if result.is_ok() {
-        savepoint.commit()?;
+    for step in Step::all(mutation) {
+        let params: Vec<&dyn ToSql> = step.params.iter().map(bind).collect();
+        let ran = savepoint.prepare_cached(step.sql)?.execute(params.as_slice());
+        let result = step.outcome(ran.map(|rows| rows > 0), violation)?;
+        if result.is_err() {
+            return Ok(result);
+        }
     }
-    Ok(result)
+    savepoint.commit()?;
+    Ok(Ok(()))
 }
 
 fn bind<'v>(value: &'v Value<'_>) -> &'v dyn ToSql {
     match value {
         Value::Text(v) => v,
         Value::OwnedText(v) => v,
+        Value::OwnedOptText(v) => v,
         Value::OptText(v) => v,
         Value::Int(v) => v,
         Value::OptInt(v) => v,

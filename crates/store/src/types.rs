@@ -1,6 +1,9 @@
 //! Records and write jobs the store persists.
 
-use mandate_core::{Agent, AuditEvent, Client, FederationRule, JoinToken, Owner, Resource};
+use mandate_core::{
+    Agent, AuditEvent, AuthCode, Client, Consent, DelegationTarget, FederationRule, JoinToken, Owner, RefreshToken,
+    Resource, TrustedIdp,
+};
 
 /// Whose tokens a "not before" epoch invalidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,6 +11,8 @@ pub enum EpochKind {
     Agent,
     Owner,
     Client,
+    /// One authorization's tokens (a refresh-token family), named by the family id.
+    Grant,
 }
 
 impl EpochKind {
@@ -16,6 +21,7 @@ impl EpochKind {
             Self::Agent => "agent",
             Self::Owner => "owner",
             Self::Client => "client",
+            Self::Grant => "grant",
         }
     }
 }
@@ -83,6 +89,35 @@ pub enum Mutation {
     },
     CreateFederationRule(FederationRule),
     DeleteFederationRule(String),
+    SetOwnerPassword {
+        owner: String,
+        password_hash: Option<String>,
+    },
+    /// Record (or widen) an owner's consent for a client at a resource.
+    PutConsent(Consent),
+    CreateAuthCode(AuthCode),
+    /// Spend an authorization code; fails unless it exists, is unused and unexpired at `now_ms`.
+    RedeemAuthCode {
+        code_hash: String,
+        now_ms: i64,
+    },
+    CreateRefreshToken(RefreshToken),
+    /// Spend a refresh token (rotation); fails unless it exists, is unused and unexpired.
+    UseRefreshToken {
+        token_hash: String,
+        now_ms: i64,
+    },
+    CreateTrustedIdp(TrustedIdp),
+    DeleteTrustedIdp(String),
+    CreateDelegationTarget(DelegationTarget),
+    DeleteDelegationTarget {
+        agent: String,
+        audience: String,
+        resource: String,
+    },
+    /// Several mutations that succeed or fail together (e.g. spend a refresh token and store
+    /// its successor); the first refusal undoes the others.
+    All(Vec<Mutation>),
 }
 
 /// One unit of the write path: an optional mutation and the event that records it.

@@ -19,11 +19,16 @@ pub(crate) const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints \
     ON CONFLICT (tree_size) DO NOTHING";
 pub(crate) const PURGE_REVOKED: &str = "DELETE FROM revoked_tokens WHERE expires_at < $1";
 pub(crate) const PURGE_USED_ONCE: &str = "DELETE FROM used_once WHERE expires_at < $1";
+/// Codes and refresh tokens are kept this long past expiry so a late replay is still recognised.
+pub(crate) const KEEP_SPENT_SECS: i64 = 86_400;
+pub(crate) const PURGE_AUTH_CODES: &str = "DELETE FROM auth_codes WHERE expires_at_ms < $1";
+pub(crate) const PURGE_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at_ms < $1";
 
 /// A statement parameter; each backend binds it with its own driver's types.
 pub(crate) enum Value<'a> {
     Text(&'a str),
     OwnedText(String),
+    OwnedOptText(Option<String>),
     OptText(&'a Option<String>),
     Int(i64),
     OptInt(Option<i64>),
@@ -56,18 +61,32 @@ pub(crate) struct Step<'a> {
 }
 
 impl<'a> Step<'a> {
-    pub fn of(mutation: &'a Mutation) -> Self {
+    /// The statements a mutation runs, in order; [`Mutation::All`] is flattened.
+    pub fn all(mutation: &'a Mutation) -> Vec<Self> {
+        let mut steps = Vec::new();
+        Self::push(mutation, &mut steps);
+        steps
+    }
+
+    fn push(mutation: &'a Mutation, steps: &mut Vec<Self>) {
+        match mutation {
+            Mutation::All(parts) => parts.iter().for_each(|part| Self::push(part, steps)),
+            single => steps.push(Self::of(single)),
+        }
+    }
+
+    fn of(mutation: &'a Mutation) -> Self {
         use Value::*;
         match mutation {
             Mutation::CreateOwner(o) => Self::insert(
-                "INSERT INTO owners (name, display_name, created_at_ms) VALUES ($1, $2, $3)",
+                "INSERT INTO owners (name, display_name, created_at_ms, password_hash) VALUES ($1, $2, $3, $4)",
                 format!("owner {}", o.name),
-                vec![Text(o.name.as_str()), OptText(&o.display_name), Int(o.created_at_ms)],
+                vec![Text(o.name.as_str()), OptText(&o.display_name), Int(o.created_at_ms), OptText(&o.password_hash)],
             ),
             Mutation::DeleteOwner(n) => Self::delete("DELETE FROM owners WHERE name = $1", format!("owner {n}"), n),
             Mutation::CreateAgent(a) => Self::insert(
-                "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms, selectors) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO agents (name, owner, spiffe_id, scopes, created_at_ms, selectors, may_impersonate) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 format!("agent {}", a.name),
                 vec![
                     Text(a.name.as_str()),
@@ -76,22 +95,27 @@ impl<'a> Step<'a> {
                     OwnedText(scopes_to_text(&a.scopes)),
                     Int(a.created_at_ms),
                     OwnedText(json_text(&a.selectors)),
+                    Bool(a.may_impersonate),
                 ],
             ),
             Mutation::DeleteAgent(n) => Self::delete("DELETE FROM agents WHERE name = $1", format!("agent {n}"), n),
             Mutation::CreateClient(c) => Self::insert(
-                "INSERT INTO clients \
-                 (client_id, agent, auth_method, secret_hash, jwks, can_introspect, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO clients (client_id, agent, auth_method, secret_hash, jwks, can_introspect, \
+                 created_at_ms, redirect_uris, grant_types, client_name, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 format!("client {}", c.client_id),
                 vec![
                     Text(&c.client_id),
-                    Text(c.agent.as_str()),
+                    OwnedOptText(c.agent.as_ref().map(|a| a.to_string())),
                     Text(c.auth_method.as_str()),
                     OptText(&c.secret_hash),
                     OptText(&c.jwks),
                     Bool(c.can_introspect),
                     Int(c.created_at_ms),
+                    OwnedText(json_text(&c.redirect_uris)),
+                    OwnedText(json_text(&c.grant_types)),
+                    OptText(&c.client_name),
+                    OptText(&c.metadata),
                 ],
             ),
             Mutation::DeleteClient(id) => {
@@ -189,6 +213,98 @@ impl<'a> Step<'a> {
             Mutation::DeleteFederationRule(n) => {
                 Self::delete("DELETE FROM federation_rules WHERE name = $1", format!("federation rule {n}"), n)
             }
+            Mutation::SetOwnerPassword { owner, password_hash } => Self::update(
+                "UPDATE owners SET password_hash = $1 WHERE name = $2",
+                format!("owner {owner}"),
+                vec![OptText(password_hash), Text(owner)],
+            ),
+            // Consent only grows: a repeated approval replaces the scopes with the (wider) union
+            // the caller computed.
+            Mutation::PutConsent(c) => Self::insert(
+                "INSERT INTO consents (owner, client_id, resource, scopes, granted_at_ms) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (owner, client_id, resource) DO UPDATE SET scopes = excluded.scopes, \
+                 granted_at_ms = excluded.granted_at_ms",
+                format!("consent of {} for {}", c.owner, c.client_id),
+                vec![
+                    Text(c.owner.as_str()),
+                    Text(&c.client_id),
+                    Text(&c.resource),
+                    OwnedText(scopes_to_text(&c.scopes)),
+                    Int(c.granted_at_ms),
+                ],
+            ),
+            Mutation::CreateAuthCode(c) => Self::insert(
+                "INSERT INTO auth_codes (code_hash, client_id, grant_json, expires_at_ms, used_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                "authorization code".into(),
+                vec![
+                    Text(&c.code_hash),
+                    Text(&c.client_id),
+                    Text(&c.grant),
+                    Int(c.expires_at_ms),
+                    OptInt(c.used_at_ms),
+                ],
+            ),
+            Mutation::RedeemAuthCode { code_hash, now_ms } => Self::update(
+                "UPDATE auth_codes SET used_at_ms = $1 \
+                 WHERE code_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $1",
+                "authorization code (unknown, used or expired)".into(),
+                vec![Int(*now_ms), Text(code_hash)],
+            ),
+            Mutation::CreateRefreshToken(t) => Self::insert(
+                "INSERT INTO refresh_tokens (token_hash, family, client_id, grant_json, issued_at_ms, expires_at_ms, \
+                 used_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "refresh token".into(),
+                vec![
+                    Text(&t.token_hash),
+                    Text(&t.family),
+                    Text(&t.client_id),
+                    Text(&t.grant),
+                    Int(t.issued_at_ms),
+                    Int(t.expires_at_ms),
+                    OptInt(t.used_at_ms),
+                ],
+            ),
+            Mutation::UseRefreshToken { token_hash, now_ms } => Self::update(
+                "UPDATE refresh_tokens SET used_at_ms = $1 \
+                 WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $1",
+                "refresh token (unknown, used or expired)".into(),
+                vec![Int(*now_ms), Text(token_hash)],
+            ),
+            Mutation::CreateTrustedIdp(i) => Self::insert(
+                "INSERT INTO trusted_idps (name, issuer, jwks_url, jwks, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                format!("trusted IdP {} (or its issuer)", i.name),
+                vec![
+                    Text(i.name.as_str()),
+                    Text(&i.issuer),
+                    OptText(&i.jwks_url),
+                    OptText(&i.jwks),
+                    Int(i.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteTrustedIdp(n) => {
+                Self::delete("DELETE FROM trusted_idps WHERE name = $1", format!("trusted IdP {n}"), n)
+            }
+            Mutation::CreateDelegationTarget(d) => Self::insert(
+                "INSERT INTO delegation_targets (agent, audience, resource, scopes, remote_client_id, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                format!("delegation target of agent {} at {} for {}", d.agent, d.audience, d.resource),
+                vec![
+                    Text(d.agent.as_str()),
+                    Text(&d.audience),
+                    Text(&d.resource),
+                    OwnedText(scopes_to_text(&d.scopes)),
+                    Text(&d.remote_client_id),
+                    Int(d.created_at_ms),
+                ],
+            ),
+            Mutation::DeleteDelegationTarget { agent, audience, resource } => Self::update(
+                "DELETE FROM delegation_targets WHERE agent = $1 AND audience = $2 AND resource = $3",
+                format!("delegation target of agent {agent} at {audience} for {resource}"),
+                vec![Text(agent), Text(audience), Text(resource)],
+            ),
+            // Flattened by `all`; a nested batch never reaches here, and would change nothing.
+            Mutation::All(_) => Self::insert("SELECT 1 WHERE 1 = 0", "batch".into(), vec![]),
             Mutation::PutSetting { key, value } => Self::insert(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use mandate_core::{Agent, AuditEvent, Client, ClientAuthMethod, Name, Owner, Resource, ResourceUri, TrustDomain};
+use mandate_core::{
+    Agent, AuditEvent, AuthCode, Client, ClientAuthMethod, Consent, DelegationTarget, Name, Owner, RefreshToken,
+    Resource, ResourceUri, TrustDomain, TrustedIdp,
+};
 use mandate_store::*;
 
 /// A stand-in encoder: the store only needs a deterministic hash that depends on the position.
@@ -34,7 +37,12 @@ fn job(mutation: Option<Mutation>, action: &str) -> WriteJob {
 }
 
 fn owner(name: &str) -> Owner {
-    Owner { name: Name::parse(name).unwrap(), display_name: Some("Alice A.".into()), created_at_ms: 10 }
+    Owner {
+        name: Name::parse(name).unwrap(),
+        display_name: Some("Alice A.".into()),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        created_at_ms: 10,
+    }
 }
 
 fn agent(name: &str, owner: &str) -> Agent {
@@ -45,6 +53,7 @@ fn agent(name: &str, owner: &str) -> Agent {
         owner: Name::parse(owner).unwrap(),
         scopes: vec!["read".into(), "write".into()],
         selectors: vec!["unix:uid:1000".into(), "unix:path:/usr/bin/my agent".into()],
+        may_impersonate: true,
         created_at_ms: 11,
     }
 }
@@ -52,11 +61,15 @@ fn agent(name: &str, owner: &str) -> Agent {
 fn client(id: &str, agent: &str) -> Client {
     Client {
         client_id: id.into(),
-        agent: Name::parse(agent).unwrap(),
+        agent: Some(Name::parse(agent).unwrap()),
         auth_method: ClientAuthMethod::ClientSecretBasic,
         secret_hash: Some("ab".repeat(32)),
         jwks: None,
         can_introspect: true,
+        redirect_uris: vec!["https://app.example/cb".into()],
+        grant_types: vec!["client_credentials".into(), "authorization_code".into()],
+        client_name: Some("App".into()),
+        metadata: Some(r#"{"client_uri":"https://app.example"}"#.into()),
         created_at_ms: 12,
     }
 }
@@ -334,6 +347,131 @@ pub async fn workload_identity_records(store: Arc<dyn Store>) {
     assert!(store.federation_rules().await.unwrap().is_empty());
 }
 
+fn refresh(hash: &str, family: &str) -> RefreshToken {
+    RefreshToken {
+        token_hash: hash.into(),
+        family: family.into(),
+        client_id: "c1".into(),
+        grant: r#"{"owner":"alice"}"#.into(),
+        issued_at_ms: 1_000,
+        expires_at_ms: 100_000,
+        used_at_ms: None,
+    }
+}
+
+pub async fn delegation_records(store: Arc<dyn Store>) {
+    commit(&store, vec![job(Some(Mutation::CreateOwner(owner("alice"))), "o")]).await;
+    commit(&store, vec![job(Some(Mutation::CreateAgent(agent("bot", "alice"))), "a")]).await;
+
+    // Authorization codes redeem once, and not after expiry.
+    let code = AuthCode {
+        code_hash: "h1".into(),
+        client_id: "c1".into(),
+        grant: "{}".into(),
+        expires_at_ms: 5_000,
+        used_at_ms: None,
+    };
+    commit(&store, vec![job(Some(Mutation::CreateAuthCode(code.clone())), "code")]).await;
+    assert_eq!(store.auth_code("h1").await.unwrap(), Some(code));
+    let redeem = |now_ms| Some(Mutation::RedeemAuthCode { code_hash: "h1".into(), now_ms });
+    let out =
+        commit(&store, vec![job(redeem(6_000), "late"), job(redeem(2_000), "ok"), job(redeem(3_000), "again")]).await;
+    assert!(matches!(out[0].result, Err(MutationError::NotFound(_))), "{out:?}");
+    assert!(out[1].result.is_ok());
+    assert!(matches!(out[2].result, Err(MutationError::NotFound(_))));
+    assert_eq!(store.auth_code("h1").await.unwrap().unwrap().used_at_ms, Some(2_000));
+
+    // Rotation is one batch: spending the old token and storing the new one happen together,
+    // and a refused spend leaves no successor behind.
+    commit(&store, vec![job(Some(Mutation::CreateRefreshToken(refresh("r1", "f1"))), "rt")]).await;
+    let rotate = |old: &str, new: &str| {
+        Some(Mutation::All(vec![
+            Mutation::UseRefreshToken { token_hash: old.into(), now_ms: 2_000 },
+            Mutation::CreateRefreshToken(refresh(new, "f1")),
+        ]))
+    };
+    let out = commit(&store, vec![job(rotate("r1", "r2"), "rotate"), job(rotate("r1", "r3"), "reuse")]).await;
+    assert!(out[0].result.is_ok(), "{out:?}");
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert_eq!(store.refresh_token("r1").await.unwrap().unwrap().used_at_ms, Some(2_000));
+    assert_eq!(store.refresh_token("r2").await.unwrap().unwrap().used_at_ms, None);
+    assert_eq!(store.refresh_token("r3").await.unwrap(), None, "the refused batch left a token");
+    commit(
+        &store,
+        vec![job(
+            Some(Mutation::RevokeBefore { kind: EpochKind::Grant, name: "f1".into(), not_before_secs: 9 }),
+            "family",
+        )],
+    )
+    .await;
+    assert_eq!(store.revoked_before(&[(EpochKind::Grant, "f1")]).await.unwrap(), Some(9));
+
+    // Consent is replaced by the (wider) scopes of a later approval.
+    let mut consent = Consent {
+        owner: Name::parse("alice").unwrap(),
+        client_id: "c1".into(),
+        resource: "https://api.example.com".into(),
+        scopes: vec!["read".into()],
+        granted_at_ms: 1,
+    };
+    commit(&store, vec![job(Some(Mutation::PutConsent(consent.clone())), "consent")]).await;
+    consent.scopes.push("write".into());
+    commit(&store, vec![job(Some(Mutation::PutConsent(consent.clone())), "consent")]).await;
+    assert_eq!(store.consent("alice", "c1", "https://api.example.com").await.unwrap(), Some(consent));
+    assert_eq!(store.consent("alice", "c2", "https://api.example.com").await.unwrap(), None);
+
+    let hash = Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$b3RoZXI".to_owned());
+    let set = Mutation::SetOwnerPassword { owner: "alice".into(), password_hash: hash.clone() };
+    let missing = Mutation::SetOwnerPassword { owner: "bob".into(), password_hash: None };
+    let out = commit(&store, vec![job(Some(set), "pw"), job(Some(missing), "pw")]).await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert_eq!(store.owner("alice").await.unwrap().unwrap().password_hash, hash);
+
+    // Trusted IdPs are unique by name and by issuer.
+    let idp = |name: &str| TrustedIdp {
+        name: Name::parse(name).unwrap(),
+        issuer: "https://idp.example".into(),
+        jwks_url: Some("https://idp.example/jwks".into()),
+        jwks: None,
+        created_at_ms: 3,
+    };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(Mutation::CreateTrustedIdp(idp("acme"))), "idp"),
+            job(Some(Mutation::CreateTrustedIdp(idp("other"))), "idp"),
+        ],
+    )
+    .await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::Conflict(_))));
+    assert_eq!(store.trusted_idp_by_issuer("https://idp.example").await.unwrap(), Some(idp("acme")));
+    assert_eq!(store.trusted_idps().await.unwrap().len(), 1);
+
+    let target = DelegationTarget {
+        agent: Name::parse("bot").unwrap(),
+        audience: "https://as.example".into(),
+        resource: "https://api.example".into(),
+        scopes: vec!["read".into()],
+        remote_client_id: "bot-at-example".into(),
+        created_at_ms: 4,
+    };
+    commit(&store, vec![job(Some(Mutation::CreateDelegationTarget(target.clone())), "target")]).await;
+    assert_eq!(store.delegation_targets("bot").await.unwrap(), vec![target]);
+    let delete = Mutation::DeleteDelegationTarget {
+        agent: "bot".into(),
+        audience: "https://as.example".into(),
+        resource: "https://api.example".into(),
+    };
+    let out = commit(&store, vec![job(Some(delete.clone()), "untarget"), job(Some(delete), "untarget")]).await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert!(store.delegation_targets("bot").await.unwrap().is_empty());
+    let out = commit(&store, vec![job(Some(Mutation::DeleteTrustedIdp("acme".into())), "idp-delete")]).await;
+    assert!(out[0].result.is_ok());
+}
+
 macro_rules! suite {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -341,7 +479,7 @@ macro_rules! suite {
             suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
                 revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
-                workload_identity_records);
+                workload_identity_records, delegation_records);
         }
     };
     (@tests $make:path; $($name:ident),*) => {

@@ -63,7 +63,8 @@ async fn authz(dir: &std::path::Path) -> (Authz, Agent) {
     let kek = Kek::generate().unwrap().0;
     let authz = Authz::start(store, kek, clock, config, policy, "bench.example/audit").await.unwrap();
     registry::create_owner(&authz, "alice", None, "bench").await.unwrap();
-    let new = NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![] };
+    let new =
+        NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![], ..Default::default() };
     let agent = registry::create_agent(&authz, new, "bench").await.unwrap();
     (authz, agent)
 }

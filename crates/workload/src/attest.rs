@@ -151,6 +151,7 @@ mod tests {
             spiffe_id: td.agent_id(&Name::parse(name).unwrap()),
             scopes: vec![],
             selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+            may_impersonate: false,
             created_at_ms: 0,
         }
     }

@@ -63,7 +63,13 @@ impl Fixture {
     }
 
     async fn agent(&self, name: &str, selectors: &[String]) {
-        let new = NewAgent { name: name.into(), owner: "alice".into(), scopes: vec![], selectors: selectors.to_vec() };
+        let new = NewAgent {
+            name: name.into(),
+            owner: "alice".into(),
+            scopes: vec![],
+            selectors: selectors.to_vec(),
+            ..Default::default()
+        };
         registry::create_agent(&self.authz, new, "test").await.unwrap();
     }
 

@@ -66,7 +66,8 @@ async fn fixture_with(config: SpiffeConfig, upstream: Option<UpstreamCa>) -> Fix
     let kek = Kek::generate().unwrap().0;
     let authz = Authz::start(store, kek, shared_clock, config_authz, policy, "example.org/audit").await.unwrap();
     registry::create_owner(&authz, "alice", None, "t").await.unwrap();
-    let new = NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![] };
+    let new =
+        NewAgent { name: "bot".into(), owner: "alice".into(), scopes: vec![], selectors: vec![], ..Default::default() };
     let agent = registry::create_agent(&authz, new, "t").await.unwrap();
     Fixture { ca: SpiffeCa::new(authz, config, upstream), clock, agent, _dir: dir }
 }
