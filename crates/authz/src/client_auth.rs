@@ -123,7 +123,7 @@ pub async fn authenticate(
 /// A client that presents no credential must be registered as public; a confidential client
 /// that omits its credentials is refused rather than downgraded.
 async fn check_public(authz: &Authz, client_id: &str) -> Result<Client, OAuthError> {
-    let client = authz.store.client(client_id).await.map_err(store_failure)?;
+    let client = crate::clients::find_client(authz, client_id).await?;
     match client {
         Some(client) if client.auth_method == ClientAuthMethod::None => Ok(client),
         Some(client) => Err(OAuthError::invalid_client(format!(

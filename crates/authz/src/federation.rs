@@ -208,14 +208,9 @@ pub(crate) async fn jwt_bearer(
     let scope = granted_scope(&agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
     let federated = json!({"iss": issuer, "sub": subject, "rule": rule.name.as_str()});
-    let token = AccessToken {
-        agent: &agent,
-        client_id: &client_id,
-        resource: &resource,
-        scope: &scope,
-        ttl_secs: authz.config.access_token_ttl_secs.min(rule.max_ttl_secs),
-        extra: Some((FEDERATED_CLAIM, federated)),
-    };
+    let mut token = AccessToken::for_agent(&agent, &client_id, &resource, &scope)
+        .ttl(authz.config.access_token_ttl_secs.min(rule.max_ttl_secs));
+    token.extra.push((FEDERATED_CLAIM, federated));
     let response = sign_access_token(authz, &token, event)?;
     let guard = replay_guard(authz, issuer, &claims);
     Ok((response, guard))

@@ -3,7 +3,9 @@
 //! revocation and the kill switch, and the registry. No HTTP here; `server` maps requests in.
 
 pub mod client_auth;
+pub mod clients;
 pub mod federation;
+pub mod id_token;
 pub mod introspect;
 pub mod jwks_fetch;
 pub mod keyring;

@@ -32,9 +32,17 @@ pub struct TokenRequest {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TokenResponse {
     pub access_token: String,
+    /// `Bearer`, `DPoP` (RFC 9449), or `N_A` for tokens that are not access tokens (RFC 8693).
     pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: String,
+    /// RFC 8693 §2.2.1: what `access_token` holds, on token exchange responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 /// Handles a token request; every outcome is audited before it is returned. A grant may hand
@@ -98,15 +106,8 @@ async fn client_credentials(
     let agent = client.agent()?;
     let scope = granted_scope(agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
-    let token = AccessToken {
-        agent,
-        client_id: &client.client.client_id,
-        resource: &resource,
-        scope: &scope,
-        ttl_secs: authz.config.access_token_ttl_secs,
-        extra: None,
-    };
-    sign_access_token(authz, &token, event)
+    let token = AccessToken::for_agent(agent, &client.client.client_id, &resource, &scope);
+    sign_access_token(authz, &token.ttl(authz.config.access_token_ttl_secs), event)
 }
 
 pub(crate) fn describe_client(event: &mut AuditEvent, client: &AuthenticatedClient) {
@@ -160,16 +161,56 @@ pub(crate) fn granted_scope(
     Ok(granted)
 }
 
-/// What an access token says: for which agent, issued to which client, for which resource.
+/// What an access token says: about whom, issued to which client, for which resource, and who
+/// acts.
 pub(crate) struct AccessToken<'a> {
-    pub agent: &'a Agent,
+    /// `sub`: an agent's SPIFFE ID when the agent acts on its own account, or the person (owner
+    /// name, or an external IdP's subject) it acts for.
+    pub subject: &'a str,
+    /// `mandate_owner`: the responsible owner, when there is one.
+    pub owner: Option<&'a str>,
     /// The `client_id` claim: a registered client, or `federation:<rule>` for federated tokens.
     pub client_id: &'a str,
     pub resource: &'a Resource,
     pub scope: &'a ScopeSet,
     pub ttl_secs: i64,
-    /// One more private claim (e.g. `mandate_federated`).
-    pub extra: Option<(&'static str, Value)>,
+    /// RFC 8693 §4.1 `act`: the current actor, with earlier actors nested inside.
+    pub actor: Option<Value>,
+    /// RFC 9449 key thumbprint: the token is DPoP-bound (`cnf.jkt`, `token_type: DPoP`).
+    pub jkt: Option<&'a str>,
+    /// Further private claims (e.g. `mandate_federated`, `mandate_grant`).
+    pub extra: Vec<(&'static str, Value)>,
+}
+
+impl<'a> AccessToken<'a> {
+    /// A token for an agent acting on its own account.
+    pub fn for_agent(agent: &'a Agent, client_id: &'a str, resource: &'a Resource, scope: &'a ScopeSet) -> Self {
+        Self {
+            subject: agent.spiffe_id.as_str(),
+            owner: Some(agent.owner.as_str()),
+            client_id,
+            resource,
+            scope,
+            ttl_secs: 0,
+            actor: None,
+            jkt: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn ttl(mut self, ttl_secs: i64) -> Self {
+        self.ttl_secs = ttl_secs;
+        self
+    }
+}
+
+/// The `act` claim naming an agent as the current actor, with `prior` (an earlier `act`) nested.
+pub(crate) fn actor_claim(agent: &Agent, prior: Option<Value>) -> Value {
+    let mut act = json!({ "sub": agent.spiffe_id.as_str() });
+    if let (Some(prior), Some(object)) = (prior, act.as_object_mut()) {
+        object.insert("act".into(), prior);
+    }
+    act
 }
 
 pub(crate) fn sign_access_token(
@@ -182,21 +223,39 @@ pub(crate) fn sign_access_token(
     let jti = new_jti();
     let mut claims = json!({
         "iss": config.issuer,
-        "sub": token.agent.spiffe_id.as_str(),
+        "sub": token.subject,
         "aud": token.resource.uri.as_str(),
         "client_id": token.client_id,
         "scope": token.scope.to_string(),
         "iat": now,
         "exp": now + token.ttl_secs,
         "jti": jti,
-        OWNER_CLAIM: token.agent.owner.as_str(),
     });
-    if let (Some((name, value)), Some(object)) = (&token.extra, claims.as_object_mut()) {
-        object.insert((*name).to_owned(), value.clone());
+    if let Some(object) = claims.as_object_mut() {
+        if let Some(owner) = token.owner {
+            object.insert(OWNER_CLAIM.into(), Value::String(owner.to_owned()));
+        }
+        if let Some(actor) = &token.actor {
+            object.insert("act".into(), actor.clone());
+        }
+        if let Some(jkt) = token.jkt {
+            object.insert("cnf".into(), json!({ "jkt": jkt }));
+        }
+        for (name, value) in &token.extra {
+            object.insert((*name).to_owned(), value.clone());
+        }
     }
     let key = authz.keys.signer(config.access_token_alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     let access_token = mandate_crypto::jose::sign_jwt(&key, ACCESS_TOKEN_TYP, &claims)
         .map_err(|e| OAuthError::server_error(e.to_string()))?;
     event.jti = Some(jti);
-    Ok(TokenResponse { access_token, token_type: "Bearer", expires_in: token.ttl_secs, scope: token.scope.to_string() })
+    Ok(TokenResponse {
+        access_token,
+        token_type: if token.jkt.is_some() { "DPoP" } else { "Bearer" },
+        expires_in: token.ttl_secs,
+        scope: token.scope.to_string(),
+        issued_token_type: None,
+        refresh_token: None,
+        id_token: None,
+    })
 }
