@@ -19,8 +19,9 @@ pub const ASSERTION_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assert
 const ASSERTION_TYPES: &[&str] = &["client-authentication+jwt", "jwt"];
 
 /// The credentials a request carried.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum Presented {
+    #[default]
     None,
     /// Only a `client_id` parameter: a public client (RFC 6749 §2.1), or a confidential one that
     /// forgot its credentials.

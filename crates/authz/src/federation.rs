@@ -452,6 +452,7 @@ mod tests {
                 scope: scope.map(str::to_owned),
                 presented: Presented::None,
                 assertion: Some(assertion.to_owned()),
+                ..TokenRequest::default()
             };
             token(&self.authz, request, "t").await
         }

@@ -19,7 +19,7 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub const OWNER_CLAIM: &str = "mandate_owner";
 
 /// A parsed token request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TokenRequest {
     pub grant_type: Option<String>,
     pub resources: Vec<String>,
@@ -27,6 +27,20 @@ pub struct TokenRequest {
     pub presented: Presented,
     /// The `assertion` parameter of the jwt-bearer grant (RFC 7523 §2.1).
     pub assertion: Option<String>,
+    /// Authorization code grant (RFC 6749 §4.1.3, PKCE RFC 7636 §4.5).
+    pub code: Option<String>,
+    pub code_verifier: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub refresh_token: Option<String>,
+    /// Token exchange (RFC 8693 §2.1).
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub audiences: Vec<String>,
+    /// Every `DPoP` header value the request carried (RFC 9449 §4.3 wants exactly one, if any).
+    pub dpop_proofs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -44,6 +44,17 @@ async fn token_flow(
         scope: form.take("scope"),
         presented,
         assertion: form.take("assertion"),
+        code: form.take("code"),
+        code_verifier: form.take("code_verifier"),
+        redirect_uri: form.take("redirect_uri"),
+        refresh_token: form.take("refresh_token"),
+        subject_token: form.take("subject_token"),
+        subject_token_type: form.take("subject_token_type"),
+        actor_token: form.take("actor_token"),
+        actor_token_type: form.take("actor_token_type"),
+        requested_token_type: form.take("requested_token_type"),
+        audiences: form.all("audience"),
+        dpop_proofs: headers.get_all("dpop").iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect(),
     };
     mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))
 }
@@ -149,7 +160,7 @@ fn presented_credentials(headers: &HeaderMap, form: &mut Form) -> Result<Present
         }
         return Ok(Presented::Assertion { client_id, assertion });
     }
-    Ok(Presented::None)
+    Ok(client_id.map_or(Presented::None, |client_id| Presented::Public { client_id }))
 }
 
 /// `Authorization: Basic` credentials, form-urldecoded as RFC 6749 §2.3.1 requires.
