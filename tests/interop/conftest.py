@@ -218,6 +218,36 @@ def running_mandate(mandate_bin: Path, root: Path, extra_args: tuple[str, ...] =
         stop_server(proc, stderr_path)
 
 
+def mcp_resource_bin() -> Path:
+    """The example MCP resource (examples/mcp-resource), built next to the mandate binary."""
+    path = Path(os.environ.get("MCP_RESOURCE_BIN") or Path(os.environ.get("MANDATE_BIN") or DEFAULT_BIN).with_name("mcp-resource"))
+    if not path.is_file():
+        pytest.fail(f"mcp-resource binary not found at {path}: run `cargo build -p mandate-example-mcp-resource`")
+    return path
+
+
+@contextlib.contextmanager
+def running_mcp_resource(issuer: str, root: Path, scopes: str = "notes:read notes:write"):
+    """The guard-protected example MCP server on a free port; yields its resource URL (…/mcp)."""
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    log_path = root / f"mcp-resource-{port}.log"
+    argv = [str(mcp_resource_bin()), "--listen", f"127.0.0.1:{port}", "--resource", resource, "--issuer", issuer,
+            "--scopes", scopes]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while "listening on" not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mcp-resource did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield resource
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def mandate(mandate_bin: Path, tmp_path_factory: pytest.TempPathFactory):
     with running_mandate(mandate_bin, tmp_path_factory.mktemp("mandate")) as server:

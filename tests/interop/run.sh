@@ -22,6 +22,12 @@ if [ "$python" = "python3" ]; then
 fi
 "$python" -m pip "${pip_args[@]}"
 
+# Node clients (one npm project per directory with a lockfile), installed exactly as locked.
+for lock in "$here"/*/package-lock.json; do
+    [ -e "$lock" ] || continue
+    (cd "$(dirname "$lock")" && npm ci --no-audit --no-fund --loglevel=error)
+done
+
 if [ -z "${MANDATE_BIN:-}" ]; then
     cargo build -p mandate
     export MANDATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/mandate"

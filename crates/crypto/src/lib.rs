@@ -3,6 +3,7 @@
 //! One crypto backend (aws-lc-rs) serves all of it; this crate is the only place that touches it.
 
 pub mod jose;
+pub mod jwk_set;
 pub mod kek;
 pub mod keys;
 pub mod secret;

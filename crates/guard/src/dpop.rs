@@ -15,6 +15,8 @@ pub const DEFAULT_MAX_AGE_SECS: i64 = 300;
 pub const DEFAULT_LEEWAY_SECS: i64 = 5;
 /// Longest `jti` accepted; the replay cache stores it, so it must stay small.
 pub const MAX_JTI_CHARS: usize = 256;
+/// Proof algorithms accepted (`Alg::parse`), as advertised in challenges and metadata.
+pub const SUPPORTED_ALGS: [&str; 2] = ["EdDSA", "ES256"];
 
 /// A verified DPoP proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +306,14 @@ mod tests {
         assert_eq!(n("ftp://e.com/"), None);
         assert_eq!(n("/relative"), None);
         assert_eq!(n("mailto:a@b"), None);
+    }
+
+    #[test]
+    fn advertised_algorithms_are_exactly_the_accepted_ones() {
+        for alg in SUPPORTED_ALGS {
+            assert_eq!(Alg::parse(alg).map(Alg::as_str), Some(alg));
+        }
+        assert_eq!(Alg::parse("RS256"), None, "verification-only algorithms are not advertised");
     }
 
     #[test]

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mandate_core::{ScopeSet, ValidationError};
 
 use crate::challenge::{Rejection, RejectionKind};
-use crate::verify::Guard;
+use crate::verify::{Guard, Presented};
 
 /// A guard and the scopes one route needs.
 #[derive(Clone)]
@@ -31,13 +31,28 @@ pub async fn require_scopes(State(required): State<Required>, mut request: Reque
     if let Err(rejection) = refuse_ambiguous(&required, &request) {
         return rejection.into_response();
     }
-    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match required.guard.check(authorization, &required.scopes).await {
+    let seen = presented(&request);
+    match required.guard.check(&seen, &required.scopes).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// What the guard judges of a request. The path is the one the client addressed: under a
+/// nested router `uri()` has lost its prefix, [`OriginalUri`] has not.
+fn presented(request: &Request) -> Presented<'_> {
+    let headers = request.headers();
+    // A value that is not visible ASCII is kept (as empty) so it still counts, and fails, as a proof.
+    let dpop = headers.get_all("dpop").iter().map(|v| v.to_str().unwrap_or_default()).collect();
+    let path = request.extensions().get::<OriginalUri>().map_or(request.uri().path(), |original| original.path());
+    Presented {
+        authorization: headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        dpop,
+        method: request.method().as_str(),
+        path,
     }
 }
 
@@ -52,10 +67,5 @@ fn refuse_ambiguous(required: &Required, request: &Request) -> Result<(), Reject
     }
     let description =
         if repeated { "more than one Authorization header" } else { "tokens are not accepted in the query" };
-    Err(Rejection {
-        kind: RejectionKind::InvalidRequest,
-        description: description.into(),
-        scope: None,
-        resource_metadata: required.guard.config().resource_metadata_url.clone(),
-    })
+    Err(required.guard.rejection(RejectionKind::InvalidRequest, description, &ScopeSet::default()))
 }

@@ -1,16 +1,24 @@
-//! Resource-server side of Mandate: verifies that a request's bearer token was issued by a
-//! trusted authorization server *for this resource* (RFC 9068 + RFC 8707), checks scope and
-//! revocation, and answers refusals with RFC 6750/9728 `WWW-Authenticate` challenges that point
-//! clients at this resource's Protected Resource Metadata. Plain API plus an axum middleware.
+//! Resource-server side of Mandate: verifies that a request's access token was issued by a
+//! trusted authorization server *for this resource* (RFC 9068 + RFC 8707), is presented as its
+//! binding demands (Bearer, or DPoP with a valid proof, RFC 9449), checks scope and revocation,
+//! and answers refusals with RFC 6750/9728/9449 `WWW-Authenticate` challenges that point clients
+//! at this resource's Protected Resource Metadata. Plain API plus an axum middleware.
 
 mod challenge;
 pub mod dpop;
 mod layer;
 mod prm;
+mod remote;
+mod replay;
 mod verify;
 
 pub use challenge::{Rejection, RejectionKind};
 pub use dpop::{DpopCheck, DpopError, DpopProof, bound_token_matches, replay_key, verify_dpop_proof};
 pub use layer::{Required, require_scopes};
-pub use prm::{metadata_url, protected_resource_metadata};
-pub use verify::{Guard, GuardConfig, KeySource, Principal, RevocationCheck, StaticKeys, StoreRevocation};
+pub use prm::{metadata_url, protected_resource_metadata, well_known_url};
+pub use remote::{RemoteKeyError, RemoteKeys};
+pub use replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
+pub use verify::{
+    BadResource, GRANT_CLAIM, Guard, GuardConfig, KeySource, Presented, Principal, RevocationCheck, StaticKeys,
+    StoreRevocation, TokenFacts,
+};

@@ -1,6 +1,6 @@
 //! Token verification for a resource server: trusted issuer, signature with that issuer's keys,
-//! `typ: at+jwt`, this resource in `aud`, expiry, the RFC 9068 required claims, revocation, and
-//! scope. The result is a [`Principal`] handlers can trust.
+//! `typ: at+jwt`, this resource in `aud`, expiry, the RFC 9068 required claims, revocation,
+//! sender constraint (DPoP, RFC 9449 §7) and scope. The result is a [`Principal`] handlers can trust.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,14 +8,20 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mandate_core::{Clock, ScopeSet};
 use mandate_crypto::jose::peek_claims;
-use mandate_crypto::{PublicKey, VerifyOptions, verify_jwt};
+use mandate_crypto::{JwtError, PublicKey, VerifyOptions, verify_jwt};
 use mandate_store::{EpochKind, Store};
 use serde_json::Value;
+use url::Url;
 
 use crate::challenge::{Rejection, RejectionKind};
+use crate::dpop::{DpopCheck, bound_token_matches, replay_key, single_proof, verify_dpop_proof};
+use crate::prm::metadata_url;
+use crate::replay::{MemoryReplayCache, ReplayCache};
 
 /// The private claim naming an agent's responsible owner.
 const OWNER_CLAIM: &str = "mandate_owner";
+/// The private claim naming the authorization (refresh-token family) a token was issued under.
+pub const GRANT_CLAIM: &str = "mandate_grant";
 
 /// What this resource is and whom it trusts.
 #[derive(Debug, Clone)]
@@ -30,12 +36,80 @@ pub struct GuardConfig {
     pub resource_name: Option<String>,
     /// Tolerated clock difference with the issuers.
     pub leeway_secs: i64,
+    /// `scheme://host[:port]` as clients address this server, which DPoP proofs' `htu` must
+    /// name; `None` means the origin of `resource`. Set it when requests arrive under another
+    /// name than the resource identifier's (behind a gateway).
+    pub public_origin: Option<String>,
+    /// Refuse `Bearer` tokens: only DPoP-bound tokens are accepted (advertised in the metadata).
+    pub dpop_bound_access_tokens_required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("resource {0:?} is not an absolute http(s) URL")]
+pub struct BadResource(pub String);
+
+impl GuardConfig {
+    /// A resource trusting `issuers`, its metadata at the RFC 9728 well-known URL, no scopes
+    /// listed, no leeway, Bearer and DPoP tokens both accepted.
+    pub fn new(resource: &str, issuers: Vec<String>) -> Result<Self, BadResource> {
+        origin_of(resource).ok_or_else(|| BadResource(resource.to_owned()))?;
+        Ok(Self {
+            resource: resource.to_owned(),
+            issuers,
+            resource_metadata_url: metadata_url(resource).ok_or_else(|| BadResource(resource.to_owned()))?,
+            scopes_supported: Vec::new(),
+            resource_name: None,
+            leeway_secs: 0,
+            public_origin: None,
+            dpop_bound_access_tokens_required: false,
+        })
+    }
+
+    /// The absolute URL a request for `path` was addressed to, as DPoP `htu` must name it.
+    pub fn request_url(&self, path: &str) -> String {
+        let origin = self.public_origin.clone().or_else(|| origin_of(&self.resource)).unwrap_or_default();
+        format!("{}{path}", origin.trim_end_matches('/'))
+    }
+}
+
+/// `scheme://host[:port]` of an http(s) URL.
+fn origin_of(url: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    let web = matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty());
+    web.then(|| url.origin().ascii_serialization())
+}
+
+/// The parts of a request the guard judges. Tokens are read from the `Authorization` header
+/// only, never from the query (OAuth 2.1).
+#[derive(Debug, Clone, Default)]
+pub struct Presented<'a> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'a str>,
+    /// Every `DPoP` header value, in order (more than one is refused).
+    pub dpop: Vec<&'a str>,
+    /// The HTTP method, as sent (`GET`, `POST`).
+    pub method: &'a str,
+    /// The request path as the client addressed it (a query is ignored).
+    pub path: &'a str,
+}
+
+impl<'a> Presented<'a> {
+    /// A request with only an `Authorization` header.
+    pub fn bearer(authorization: Option<&'a str>, method: &'a str, path: &'a str) -> Self {
+        Self { authorization, dpop: Vec::new(), method, path }
+    }
 }
 
 /// Verification keys per issuer.
 #[async_trait]
 pub trait KeySource: Send + Sync {
     async fn keys(&self, issuer: &str) -> Result<Arc<Vec<PublicKey>>, String>;
+
+    /// Called when a token names a `kid` the keys lack (a rotation): fresh keys, or `None`
+    /// when there is nothing newer to be had (the default, and when refetching too often).
+    async fn refresh(&self, _issuer: &str) -> Result<Option<Arc<Vec<PublicKey>>>, String> {
+        Ok(None)
+    }
 }
 
 /// Fixed keys, for tests and for resource servers configured with a JWKS file.
@@ -63,11 +137,23 @@ pub trait RevocationCheck: Send + Sync {
 }
 
 /// Revocation state read from Mandate's own store: per-token revocations and the
-/// agent/owner/client "not before" epochs of the kill switch. For resource servers running
-/// beside Mandate (the gateway); remote ones use introspection or revocation signals.
+/// agent/owner/client/grant "not before" epochs of the kill switch. For resource servers
+/// running beside Mandate (the gateway); remote ones use introspection or revocation signals.
 pub struct StoreRevocation {
     store: Arc<dyn Store>,
     agent_prefix: String,
+}
+
+/// The claims of one token that revocation looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFacts<'a> {
+    pub jti: &'a str,
+    pub iat: i64,
+    pub client_id: &'a str,
+    pub agent: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    /// The refresh-token family the token was issued under ([`GRANT_CLAIM`]).
+    pub grant: Option<&'a str>,
 }
 
 impl StoreRevocation {
@@ -81,31 +167,35 @@ impl StoreRevocation {
     }
 
     /// Checks one token's revocation state from its identifying claims.
-    pub async fn check(
-        &self,
-        jti: &str,
-        iat: i64,
-        client_id: &str,
-        agent: Option<&str>,
-        owner: Option<&str>,
-    ) -> Result<Option<&'static str>, String> {
-        if self.store.is_token_revoked(jti).await.map_err(|e| e.to_string())? {
+    pub async fn check(&self, token: &TokenFacts<'_>) -> Result<Option<&'static str>, String> {
+        if self.store.is_token_revoked(token.jti).await.map_err(|e| e.to_string())? {
             return Ok(Some("token was revoked"));
         }
-        let mut subjects = vec![(EpochKind::Client, client_id)];
-        subjects.extend(agent.map(|a| (EpochKind::Agent, a)));
-        subjects.extend(owner.map(|o| (EpochKind::Owner, o)));
+        let mut subjects = vec![(EpochKind::Client, token.client_id)];
+        subjects.extend(token.agent.map(|a| (EpochKind::Agent, a)));
+        subjects.extend(token.owner.map(|o| (EpochKind::Owner, o)));
+        subjects.extend(token.grant.map(|g| (EpochKind::Grant, g)));
         let epoch = self.store.revoked_before(&subjects).await.map_err(|e| e.to_string())?;
         // Epochs are whole seconds and inclusive: a token issued in the same second as a kill
         // switch counts as issued before it.
-        Ok(epoch.filter(|not_before| iat <= *not_before).map(|_| "agent, owner or client was revoked after issuance"))
+        Ok(epoch
+            .filter(|not_before| token.iat <= *not_before)
+            .map(|_| "agent, owner, client or grant was revoked after issuance"))
     }
 }
 
 #[async_trait]
 impl RevocationCheck for StoreRevocation {
     async fn revoked(&self, p: &Principal) -> Result<Option<&'static str>, String> {
-        self.check(&p.jti, p.iat, &p.client_id, self.agent_name(&p.subject), p.owner.as_deref()).await
+        let facts = TokenFacts {
+            jti: &p.jti,
+            iat: p.iat,
+            client_id: &p.client_id,
+            agent: self.agent_name(&p.subject),
+            owner: p.owner.as_deref(),
+            grant: p.claims.get(GRANT_CLAIM).and_then(Value::as_str),
+        };
+        self.check(&facts).await
     }
 }
 
@@ -120,6 +210,11 @@ pub struct Principal {
     pub jti: String,
     pub iat: i64,
     pub exp: i64,
+    /// Thumbprint of the key the token is bound to (`cnf.jkt`, RFC 9449 §6.1); a bound token
+    /// only gets this far with a valid proof by that key.
+    pub jkt: Option<String>,
+    /// The `act` claim (RFC 8693 §4.1): who acts on the subject's behalf, when delegated.
+    pub actor: Option<Value>,
     pub claims: Value,
 }
 
@@ -127,12 +222,20 @@ pub struct Guard {
     config: GuardConfig,
     keys: Arc<dyn KeySource>,
     revocation: Option<Arc<dyn RevocationCheck>>,
+    replay: Arc<dyn ReplayCache>,
     clock: Arc<dyn Clock>,
+}
+
+/// How the `Authorization` header presents the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
 }
 
 impl Guard {
     pub fn new(config: GuardConfig, keys: Arc<dyn KeySource>, clock: Arc<dyn Clock>) -> Self {
-        Self { config, keys, revocation: None, clock }
+        Self { config, keys, revocation: None, replay: Arc::new(MemoryReplayCache::default()), clock }
     }
 
     pub fn with_revocation(mut self, check: Arc<dyn RevocationCheck>) -> Self {
@@ -140,17 +243,24 @@ impl Guard {
         self
     }
 
+    /// Replaces the in-memory DPoP replay cache (e.g. with a shared one for replicas).
+    pub fn with_replay_cache(mut self, cache: Arc<dyn ReplayCache>) -> Self {
+        self.replay = cache;
+        self
+    }
+
     pub fn config(&self) -> &GuardConfig {
         &self.config
     }
 
-    /// Verifies the `Authorization` header value and that the token grants every scope in
-    /// `needed`. Tokens are read from the header only, never from the query (OAuth 2.1).
-    pub async fn check(&self, authorization: Option<&str>, needed: &ScopeSet) -> Result<Principal, Rejection> {
-        let token = bearer_token(authorization)
-            .ok_or_else(|| self.reject(RejectionKind::MissingToken, "a bearer access token is required", needed))?;
+    /// Verifies the request's token (and DPoP proof, for bound tokens) and that the token grants
+    /// every scope in `needed`.
+    pub async fn check(&self, request: &Presented<'_>, needed: &ScopeSet) -> Result<Principal, Rejection> {
+        let (scheme, token) = credentials(request.authorization)
+            .ok_or_else(|| self.rejection(RejectionKind::MissingToken, "an access token is required", needed))?;
         let principal =
-            self.verify(token).await.map_err(|why| self.reject(RejectionKind::InvalidToken, &why, needed))?;
+            self.verify(token).await.map_err(|why| self.rejection(RejectionKind::InvalidToken, &why, needed))?;
+        self.check_binding(scheme, token, &principal, request, needed).await?;
         self.authorize(&principal, needed)?;
         Ok(principal)
     }
@@ -159,11 +269,21 @@ impl Guard {
     pub fn authorize(&self, principal: &Principal, needed: &ScopeSet) -> Result<(), Rejection> {
         match needed.not_in(&principal.scopes).next() {
             None => Ok(()),
-            Some(missing) => Err(self.reject(
+            Some(missing) => Err(self.rejection(
                 RejectionKind::InsufficientScope,
                 &format!("the token lacks scope {missing:?}"),
                 needed,
             )),
+        }
+    }
+
+    /// A refusal pointing at this resource's metadata, naming the scopes the operation needs.
+    pub fn rejection(&self, kind: RejectionKind, description: &str, needed: &ScopeSet) -> Rejection {
+        Rejection {
+            kind,
+            description: description.to_owned(),
+            scope: (!needed.is_empty()).then(|| needed.to_string()),
+            resource_metadata: self.config.resource_metadata_url.clone(),
         }
     }
 
@@ -173,7 +293,6 @@ impl Guard {
         if !self.config.issuers.iter().any(|trusted| trusted == issuer) {
             return Err(format!("issuer {issuer:?} is not trusted here"));
         }
-        let keys = self.keys.keys(issuer).await?;
         let opts = VerifyOptions {
             typ: &["at+jwt"],
             typ_optional: false,
@@ -182,7 +301,7 @@ impl Guard {
             now: self.clock.now_secs(),
             leeway_secs: self.config.leeway_secs,
         };
-        let claims = verify_jwt(token, &keys, &opts).map_err(|e| e.to_string())?;
+        let claims = self.verify_signed(token, issuer, &opts).await?;
         let principal = principal_from(issuer, claims)?;
         if let Some(check) = &self.revocation
             && let Some(reason) = check.revoked(&principal).await?
@@ -192,23 +311,80 @@ impl Guard {
         Ok(principal)
     }
 
-    fn reject(&self, kind: RejectionKind, description: &str, needed: &ScopeSet) -> Rejection {
-        Rejection {
-            kind,
-            description: description.to_owned(),
-            scope: (!needed.is_empty()).then(|| needed.to_string()),
-            resource_metadata: self.config.resource_metadata_url.clone(),
+    /// Verifies with the issuer's keys, refreshing them once if the token names an unknown `kid`.
+    async fn verify_signed(&self, token: &str, issuer: &str, opts: &VerifyOptions<'_>) -> Result<Value, String> {
+        let keys = self.keys.keys(issuer).await?;
+        let verified = match verify_jwt(token, &keys, opts) {
+            Err(JwtError::UnknownKey(kid)) => match self.keys.refresh(issuer).await? {
+                Some(fresh) => verify_jwt(token, &fresh, opts),
+                None => Err(JwtError::UnknownKey(kid)),
+            },
+            other => other,
+        };
+        verified.map_err(|e| e.to_string())
+    }
+
+    /// RFC 9449 §7: a bound token only with the `DPoP` scheme and a proof by its key; an
+    /// unbound one only as `Bearer`, and not at all when bound tokens are required.
+    async fn check_binding(
+        &self,
+        scheme: Scheme,
+        token: &str,
+        principal: &Principal,
+        request: &Presented<'_>,
+        needed: &ScopeSet,
+    ) -> Result<(), Rejection> {
+        let invalid = |why: &str| self.rejection(RejectionKind::InvalidToken, why, needed);
+        match (scheme, principal.jkt.is_some()) {
+            (Scheme::Bearer, true) => Err(invalid("DPoP-bound token must be presented with DPoP")),
+            (Scheme::Bearer, false) if self.config.dpop_bound_access_tokens_required => {
+                Err(invalid("this resource accepts only DPoP-bound access tokens"))
+            }
+            (Scheme::Bearer, false) => Ok(()),
+            (Scheme::Dpop, false) => Err(invalid("the token is not DPoP-bound; present it as Bearer")),
+            (Scheme::Dpop, true) => self
+                .check_proof(token, principal, request)
+                .await
+                .map_err(|why| self.rejection(RejectionKind::InvalidDpopProof, &why, needed)),
+        }
+    }
+
+    /// The request's one proof: valid for this method, URL and token, by the token's key, unused.
+    async fn check_proof(&self, token: &str, principal: &Principal, request: &Presented<'_>) -> Result<(), String> {
+        let proof = single_proof(request.dpop.iter().copied()).map_err(|e| e.to_string())?;
+        let url = self.config.request_url(request.path);
+        let now = self.clock.now_secs();
+        let check = DpopCheck { access_token: Some(token), ..DpopCheck::new(request.method, &url, now) };
+        let proof = verify_dpop_proof(proof, &check).map_err(|e| e.to_string())?;
+        if !bound_token_matches(&principal.claims, &proof) {
+            return Err("the DPoP proof is not signed by the key the token is bound to".into());
+        }
+        // The proof stays acceptable until iat + max_age + leeway, so it is remembered that long.
+        let until = proof.iat + check.max_age_secs + check.leeway_secs;
+        if self.replay.first_use(&replay_key(&proof), until, now).await? {
+            Ok(())
+        } else {
+            Err("the DPoP proof was already used".into())
         }
     }
 }
 
-fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+/// The token and how it is presented: `Bearer <token>` or `DPoP <token>` (schemes are
+/// case-insensitive). Anything else counts as no token.
+fn credentials(authorization: Option<&str>) -> Option<(Scheme, &str)> {
     let (scheme, token) = authorization?.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then_some((scheme, token))
 }
 
-/// The RFC 9068 required claims, typed.
+/// The RFC 9068 required claims, typed, plus the confirmation key and actor.
 fn principal_from(issuer: &str, claims: Value) -> Result<Principal, String> {
     let text = |name: &str| {
         claims.get(name).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| format!("claim {name:?} is missing"))
@@ -227,7 +403,21 @@ fn principal_from(issuer: &str, claims: Value) -> Result<Principal, String> {
         iat: number("iat")?,
         exp: number("exp")?,
         owner: claims.get(OWNER_CLAIM).and_then(Value::as_str).map(str::to_owned),
+        jkt: confirmation_key(&claims)?,
+        actor: claims.get("act").filter(|a| a.is_object()).cloned(),
         scopes,
         claims,
     })
+}
+
+/// `cnf.jkt`. A token confirmed by any other means (an mTLS certificate, RFC 8705) cannot be
+/// checked here, and accepting it as a plain bearer token would defeat its binding.
+fn confirmation_key(claims: &Value) -> Result<Option<String>, String> {
+    let Some(cnf) = claims.get("cnf") else {
+        return Ok(None);
+    };
+    match cnf.get("jkt").and_then(Value::as_str) {
+        Some(jkt) if !jkt.is_empty() => Ok(Some(jkt.to_owned())),
+        _ => Err("the token is bound by a confirmation method other than DPoP".into()),
+    }
 }

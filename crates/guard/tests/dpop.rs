@@ -8,39 +8,15 @@ use mandate_crypto::{Alg, SigningKey};
 use mandate_guard::dpop::{DpopCheck, DpopError, access_token_hash, single_proof};
 use mandate_guard::{bound_token_matches, replay_key, verify_dpop_proof};
 use serde_json::{Value, json};
+use support::{b64, bare_jwk, header, proof, sign_with};
+
+mod support;
 
 const NOW: i64 = 1_700_000_000;
 const URL: &str = "https://as.example.com/token";
 
-fn b64(v: &Value) -> String {
-    URL_SAFE_NO_PAD.encode(v.to_string())
-}
-
-/// The public JWK of `key` as a DPoP header carries it: required members only.
-fn bare_jwk(key: &SigningKey) -> Value {
-    let mut jwk = key.public().jwk().clone();
-    for extra in ["kid", "alg", "use"] {
-        jwk.as_object_mut().unwrap().remove(extra);
-    }
-    jwk
-}
-
-fn header(key: &SigningKey) -> Value {
-    json!({"typ": "dpop+jwt", "alg": key.alg().as_str(), "jwk": bare_jwk(key)})
-}
-
 fn claims() -> Value {
     json!({"jti": "e1j3V_bKic8-LAEB", "htm": "POST", "htu": URL, "iat": NOW})
-}
-
-fn sign_with(key: &SigningKey, header: &Value, claims: &Value) -> String {
-    let input = format!("{}.{}", b64(header), b64(claims));
-    let sig = key.sign(input.as_bytes()).unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
-}
-
-fn proof(key: &SigningKey, claims: &Value) -> String {
-    sign_with(key, &header(key), claims)
 }
 
 fn ed() -> SigningKey {
