@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop tests: Mandate driven by OAuth/JOSE clients nobody on the project wrote.
 #   tests/interop/run.sh            build target/debug/mandate, then run the suite
-#   MANDATE_BIN=/path/mandate tests/interop/run.sh   use that binary, build nothing
+#   MANDATE_BIN=/path/mandate tests/interop/run.sh   use that binary (mcp-resource beside it, or
+#                                                    MCP_RESOURCE_BIN), build nothing else
 # Extra arguments go to pytest (e.g. -k audit -x).
 set -euo pipefail
 
@@ -29,8 +30,12 @@ for lock in "$here"/*/package-lock.json; do
 done
 
 if [ -z "${MANDATE_BIN:-}" ]; then
-    cargo build -p mandate
+    cargo build -p mandate -p mandate-example-mcp-resource
     export MANDATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/mandate"
+fi
+# The guard-protected example MCP server the OAuth client tests call.
+if [ -z "${MCP_RESOURCE_BIN:-}" ] && [ ! -x "$(dirname "$MANDATE_BIN")/mcp-resource" ]; then
+    cargo build -p mandate-example-mcp-resource
 fi
 
 set +e
