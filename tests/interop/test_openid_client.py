@@ -73,6 +73,9 @@ def test_resource_accepts_the_dpop_token_and_refuses_it_as_bearer(flow: dict) ->
     assert flow["rs_dpop_body"]["result"]["protocolVersion"]
     assert flow["rs_bearer_status"] == 401
     assert "invalid_token" in (flow["rs_bearer_challenge"] or "")
+    # openid-client parsed both challenges the guard sent: Bearer and DPoP.
+    schemes = {c["scheme"].lower() for c in flow["rs_bearer_parsed"]}
+    assert {"bearer", "dpop"} <= schemes, flow["rs_bearer_parsed"]
 
 
 def test_refresh_rotates_and_stays_dpop_bound(flow: dict) -> None:

@@ -166,7 +166,9 @@ async fn check_assertion(
     if client_id_param.is_some_and(|id| id != subject) {
         return Err(bad("client_id does not match the assertion's subject"));
     }
-    let client = authz.store.client(subject).await.map_err(store_failure)?.ok_or_else(|| bad("unknown client"))?;
+    // Metadata-document clients verify with their document's keys, so the lookup goes through
+    // find_client (a document that cannot be used answers invalid_client with its reason).
+    let client = crate::clients::find_client(authz, subject).await?.ok_or_else(|| bad("unknown client"))?;
     if client.auth_method != ClientAuthMethod::PrivateKeyJwt {
         return Err(bad("client is not registered for private_key_jwt"));
     }

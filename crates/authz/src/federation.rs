@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use mandate_core::{Agent, AuditEvent, FederationRule, Name, OAuthError, OAuthErrorCode, SubjectMatch};
+use mandate_crypto::VerifyOptions;
 use mandate_crypto::jose::peek_claims;
 use mandate_crypto::jwk_set::parse_jwk_set;
-use mandate_crypto::{JwtError, PublicKey, VerifyOptions, verify_jwt};
 use mandate_store::Mutation;
 use serde_json::{Value, json};
 
@@ -15,6 +15,7 @@ use crate::client_auth::AuthenticatedClient;
 use crate::jwks_fetch;
 use crate::keyring::PURPOSE_JWT_SVID;
 use crate::token::{AccessToken, TokenResponse, granted_scope, sign_access_token, target_resource};
+use crate::trust::{IssuerKeys, verify_external};
 use crate::{Authz, store_failure};
 
 pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -110,7 +111,7 @@ pub async fn validate_rule(authz: &Authz, new: NewFederationRule) -> Result<Fede
     })
 }
 
-fn bounded(what: &str, value: &str, max: usize) -> Result<(), String> {
+pub(crate) fn bounded(what: &str, value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} must not be empty"));
     }
@@ -122,7 +123,7 @@ fn bounded(what: &str, value: &str, max: usize) -> Result<(), String> {
 
 /// An issuer is compared exactly, so it is stored as given; it must be an https URL without
 /// query or fragment (http only for a loopback host in insecure mode, for tests).
-fn check_issuer(issuer: &str, insecure: bool) -> Result<(), String> {
+pub(crate) fn check_issuer(issuer: &str, insecure: bool) -> Result<(), String> {
     bounded("issuer", issuer, MAX_FIELD_LEN)?;
     let url = url::Url::parse(issuer).map_err(|e| format!("issuer is not a URL: {e}"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
@@ -174,18 +175,17 @@ fn invalid_grant(description: impl Into<String>) -> OAuthError {
 }
 
 /// The jwt-bearer grant. Returns the response and the assertion's one-time-use guard (when it
-/// has a `jti`), which the caller commits together with the issuance event.
+/// has a `jti`), which the caller commits together with the issuance event. `dpop_jkt` binds
+/// the token to a DPoP key (`crate::dpop`).
 pub(crate) async fn jwt_bearer(
     authz: &Authz,
-    assertion: Option<&str>,
+    assertion: &str,
     client: Option<&AuthenticatedClient>,
     resources: &[String],
     requested_scope: Option<&str>,
+    dpop_jkt: Option<&str>,
     event: &mut AuditEvent,
 ) -> Result<(TokenResponse, Option<Mutation>), OAuthError> {
-    let assertion = assertion
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("assertion is required (RFC 7523)"))?;
     let unverified = peek_claims(assertion).map_err(|e| invalid_grant(format!("assertion is not a JWT: {e}")))?;
     let issuer =
         unverified.get("iss").and_then(Value::as_str).ok_or_else(|| invalid_grant("the assertion has no \"iss\""))?;
@@ -211,6 +211,7 @@ pub(crate) async fn jwt_bearer(
     let mut token = AccessToken::for_agent(&agent, &client_id, &resource, &scope)
         .ttl(authz.config.access_token_ttl_secs.min(rule.max_ttl_secs));
     token.extra.push((FEDERATED_CLAIM, federated));
+    token.jkt = dpop_jkt;
     let response = sign_access_token(authz, &token, event)?;
     let guard = replay_guard(authz, issuer, &claims);
     Ok((response, guard))
@@ -287,49 +288,24 @@ async fn check_rule(authz: &Authz, rule: &FederationRule, assertion: &str) -> Re
 
 async fn verify_for_rule(authz: &Authz, rule: &FederationRule, assertion: &str) -> Result<Value, String> {
     let config = &authz.config;
-    let now = authz.clock.now_secs();
     let audience = [rule.audience.as_str()];
     let opts = VerifyOptions {
         typ: ASSERTION_TYPES,
         typ_optional: true,
         issuer: Some(&rule.issuer),
         audience: &audience,
-        now,
+        now: authz.clock.now_secs(),
         leeway_secs: config.leeway_secs,
     };
-    let keys = rule_keys(authz, rule).await?;
-    match verify_jwt(assertion, &keys, &opts) {
-        Err(JwtError::UnknownKey(kid)) => {
-            // A key the cached set lacks may be a rotation: fetch again (rate-limited) once.
-            let Some(url) = &rule.jwks_url else {
-                return Err(JwtError::UnknownKey(kid).to_string());
-            };
-            let refreshed = authz
-                .jwks_cache
-                .refresh(url, now, config.allow_insecure_federation)
-                .await
-                .map_err(|e| format!("issuer keys are unavailable: {e}"))?;
-            match refreshed {
-                Some(keys) => verify_jwt(assertion, &keys, &opts).map_err(|e| e.to_string()),
-                None => Err(JwtError::UnknownKey(kid).to_string()),
-            }
+    let keys = match (&rule.jwks_url, &rule.jwks) {
+        (Some(url), _) => IssuerKeys::Fetched(url),
+        (None, Some(jwks)) => IssuerKeys::Inline(jwks),
+        (None, None) if rule.issuer == own_spiffe_issuer(authz) => {
+            IssuerKeys::Local(authz.keys.published_for(PURPOSE_JWT_SVID))
         }
-        other => other.map_err(|e| e.to_string()),
-    }
-}
-
-/// The keys that verify a rule's issuer: inline, fetched, or Mandate's own JWT-SVID keys.
-async fn rule_keys(authz: &Authz, rule: &FederationRule) -> Result<std::sync::Arc<Vec<PublicKey>>, String> {
-    match (&rule.jwks_url, &rule.jwks) {
-        (Some(url), _) => authz
-            .jwks_cache
-            .keys(url, authz.clock.now_secs(), authz.config.allow_insecure_federation)
-            .await
-            .map_err(|e| format!("issuer keys are unavailable: {e}")),
-        (None, Some(jwks)) => parse_jwk_set(jwks).map(std::sync::Arc::new).map_err(|e| format!("inline JWKS: {e}")),
-        (None, None) if rule.issuer == own_spiffe_issuer(authz) => Ok(authz.keys.published_for(PURPOSE_JWT_SVID)),
-        (None, None) => Err("the rule has no keys".into()),
-    }
+        (None, None) => return Err("the rule has no keys".into()),
+    };
+    verify_external(authz, keys, assertion, &opts).await
 }
 
 /// The rule's agent; a client that authenticated as well must act for that same agent.

@@ -156,9 +156,12 @@ fn may_see(caller: &Caller, issued: &IssuedToken) -> bool {
 fn active_response(issued: &IssuedToken) -> Value {
     let mut out = Map::new();
     out.insert("active".into(), Value::Bool(true));
-    out.insert("token_type".into(), Value::String("Bearer".into()));
-    let federated = crate::federation::FEDERATED_CLAIM;
-    for name in ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", OWNER_CLAIM, federated] {
+    // RFC 9449 §6.2: a bound token is introspected with its `cnf` and as a DPoP token.
+    let bound = issued.claims.pointer("/cnf/jkt").is_some();
+    out.insert("token_type".into(), Value::String(if bound { "DPoP" } else { "Bearer" }.into()));
+    let (federated, idp) = (crate::federation::FEDERATED_CLAIM, crate::idjag::IDP_CLAIM);
+    let names = ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "cnf", OWNER_CLAIM];
+    for name in names.into_iter().chain([federated, idp, GRANT_CLAIM]) {
         if let Some(v) = issued.claims.get(name) {
             out.insert(name.into(), v.clone());
         }

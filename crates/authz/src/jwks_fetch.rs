@@ -1,7 +1,8 @@
-//! Fetching federated issuers' JWK Sets without becoming an SSRF proxy: https only, the host is
-//! resolved here and refused if any address is internal (loopback, private, link-local, CGNAT,
-//! unique-local, multicast, …), the connection is pinned to the vetted addresses, no redirects or
-//! proxies, a 5 s deadline and a 64 KiB body. Results are cached per URL as Cache-Control says.
+//! Fetching JSON documents named by others (federated issuers' JWK Sets, Client ID Metadata
+//! Documents) without becoming an SSRF proxy: https only, the host is resolved here and refused if
+//! any address is internal (loopback, private, link-local, CGNAT, unique-local, multicast, …), the
+//! connection is pinned to the vetted addresses, no redirects or proxies, a 5 s deadline and a
+//! bounded body ([`fetch_json`]). JWK Sets are cached per URL as Cache-Control says ([`JwksCache`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,6 +16,9 @@ use url::{Host, Url};
 
 /// Largest JWKS document read.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// How JWK Sets are fetched.
+pub const JWKS_FETCH: FetchSpec =
+    FetchSpec { max_bytes: MAX_JWKS_BYTES, accept: "application/jwk-set+json, application/json" };
 /// Deadline for one fetch, connection and body included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cache lifetime without a usable `Cache-Control: max-age`.
@@ -24,31 +28,50 @@ pub const MAX_MAX_AGE_SECS: i64 = 24 * 3600;
 /// A URL is fetched at most this often outside its cache lifetime: after an unknown `kid`, or
 /// after a failed fetch (so a dead issuer does not cost every request a timeout).
 pub const MIN_REFETCH_SECS: i64 = 30;
+/// Key sets kept at most. Federation names a few URLs, but metadata documents (`crate::cimd`)
+/// let any client name a `jwks_uri`, so the cache must not grow without bound.
+pub const MAX_KEY_SETS: usize = 1024;
 
+/// Why a fetch failed. Callers say what was fetched ("issuer keys are unavailable: …"), so the
+/// messages do not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    #[error("JWKS URL is not valid: {0}")]
+    #[error("URL is not valid: {0}")]
     BadUrl(String),
-    #[error("JWKS URL must use https (http only for loopback with allow_insecure_federation)")]
+    #[error("URL must use https (http only for loopback with allow_insecure_federation)")]
     InsecureScheme,
-    #[error("JWKS host {host} resolves to {addr}, a {class} address; it is not fetched")]
+    #[error("host {host} resolves to {addr}, a {class} address; it is not fetched")]
     ForbiddenAddress { host: String, addr: IpAddr, class: AddrClass },
-    #[error("JWKS host {0} does not resolve")]
+    #[error("host {0} does not resolve")]
     Resolve(String),
-    #[error("JWKS request timed out after {} s", FETCH_TIMEOUT.as_secs())]
+    #[error("request timed out after {} s", FETCH_TIMEOUT.as_secs())]
     Timeout,
-    #[error("JWKS request failed: {0}")]
+    #[error("request failed: {0}")]
     Request(String),
-    #[error("JWKS endpoint answered with a redirect; redirects are not followed")]
+    #[error("the server answered with a redirect; redirects are not followed")]
     Redirect,
-    #[error("JWKS endpoint answered HTTP {0}")]
+    #[error("the server answered HTTP {0}")]
     Status(u16),
-    #[error("JWKS response is not JSON (Content-Type {0:?})")]
+    #[error("response is not JSON (Content-Type {0:?})")]
     ContentType(Option<String>),
-    #[error("JWKS response exceeds {MAX_JWKS_BYTES} bytes")]
-    TooLarge,
-    #[error("JWKS is not usable: {0}")]
+    #[error("response exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("document is not usable: {0}")]
     Invalid(String),
+}
+
+/// What one kind of document may be: the largest body read, and the media types asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchSpec {
+    pub max_bytes: usize,
+    pub accept: &'static str,
+}
+
+/// A fetched JSON document (UTF-8, not yet parsed) and how long it may be cached.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub body: String,
+    pub max_age_secs: i64,
 }
 
 /// What kind of address an IP is, as far as outbound fetches care.
@@ -235,8 +258,16 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, FetchError> {
     }
 }
 
-/// One fetch: resolve, vet, connect only to the vetted addresses, read a bounded body.
+/// One JWK Set fetch.
 async fn fetch(raw_url: &str, insecure: bool) -> Result<(Vec<PublicKey>, i64), FetchError> {
+    let fetched = fetch_json(raw_url, insecure, &JWKS_FETCH).await?;
+    let keys = parse_jwk_set(&fetched.body).map_err(FetchError::Invalid)?;
+    Ok((keys, fetched.max_age_secs))
+}
+
+/// One fetch of a JSON document: resolve, vet, connect only to the vetted addresses, accept only
+/// a `200` with a JSON media type, read at most `spec.max_bytes`. Nothing is cached here.
+pub async fn fetch_json(raw_url: &str, insecure: bool, spec: &FetchSpec) -> Result<Fetched, FetchError> {
     let url = check_url(raw_url, insecure)?;
     let host = host_name(&url);
     let addrs = resolve(&url).await?;
@@ -256,7 +287,7 @@ async fn fetch(raw_url: &str, insecure: bool) -> Result<(Vec<PublicKey>, i64), F
         builder = builder.resolve_to_addrs(domain, &addrs);
     }
     let client = builder.build().map_err(|e| FetchError::Request(e.to_string()))?;
-    let request = client.get(url).header(reqwest::header::ACCEPT, "application/jwk-set+json, application/json");
+    let request = client.get(url).header(reqwest::header::ACCEPT, spec.accept);
     let response = request.send().await.map_err(request_error)?;
     if response.remote_addr().is_some_and(|peer| !ips.contains(&peer.ip())) {
         return Err(FetchError::Request("connected to an address that was not vetted".into()));
@@ -269,11 +300,10 @@ async fn fetch(raw_url: &str, insecure: bool) -> Result<(Vec<PublicKey>, i64), F
         return Err(FetchError::Status(status.as_u16()));
     }
     check_content_type(response.headers().get(reqwest::header::CONTENT_TYPE))?;
-    let max_age = max_age_secs(response.headers().get(reqwest::header::CACHE_CONTROL));
-    let body = read_bounded(response).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| FetchError::Invalid("body is not UTF-8".into()))?;
-    let keys = parse_jwk_set(text).map_err(FetchError::Invalid)?;
-    Ok((keys, max_age))
+    let max_age_secs = max_age_secs(response.headers().get(reqwest::header::CACHE_CONTROL));
+    let body = read_bounded(response, spec.max_bytes).await?;
+    let body = String::from_utf8(body).map_err(|_| FetchError::Invalid("body is not UTF-8".into()))?;
+    Ok(Fetched { body, max_age_secs })
 }
 
 fn request_error(e: reqwest::Error) -> FetchError {
@@ -298,14 +328,14 @@ fn check_content_type(value: Option<&reqwest::header::HeaderValue>) -> Result<()
     }
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, FetchError> {
-    if response.content_length().is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
-        return Err(FetchError::TooLarge);
+async fn read_bounded(mut response: reqwest::Response, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
+    if response.content_length().is_some_and(|len| len > max_bytes as u64) {
+        return Err(FetchError::TooLarge(max_bytes));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(FetchError::TooLarge);
+        if body.len() + chunk.len() > max_bytes {
+            return Err(FetchError::TooLarge(max_bytes));
         }
         body.extend_from_slice(&chunk);
     }
@@ -397,12 +427,20 @@ impl JwksCache {
     }
 
     fn gate(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.in_flight.lock().entry(url.to_owned()).or_default())
+        let mut gates = self.in_flight.lock();
+        if gates.len() >= MAX_KEY_SETS {
+            // A gate matters only while a fetch holds it.
+            gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+        }
+        Arc::clone(gates.entry(url.to_owned()).or_default())
     }
 
     async fn refetch(&self, url: &str, now: i64, insecure: bool) -> Result<Arc<Vec<PublicKey>>, FetchError> {
         let result = fetch(url, insecure).await;
         let mut entries = self.entries.lock();
+        if entries.len() >= MAX_KEY_SETS && !entries.contains_key(url) {
+            make_room(&mut entries, now);
+        }
         let entry = entries.entry(url.to_owned()).or_default();
         entry.attempted_at = Some(now);
         match result {
@@ -418,6 +456,19 @@ impl JwksCache {
                 entry.error = Some(error.clone());
                 Err(error)
             }
+        }
+    }
+}
+
+/// Drops every entry that no longer answers anything (keys expired, failure forgotten); if that
+/// frees nothing, the one that would stop answering first.
+fn make_room(entries: &mut HashMap<String, Entry>, now: i64) {
+    let useful_until = |e: &Entry| e.expires_at.max(e.attempted_at.map_or(0, |at| at + MIN_REFETCH_SECS));
+    entries.retain(|_, e| useful_until(e) > now);
+    if entries.len() >= MAX_KEY_SETS {
+        let first = entries.iter().min_by_key(|(_, e)| useful_until(e)).map(|(url, _)| url.clone());
+        if let Some(url) = first {
+            entries.remove(&url);
         }
     }
 }
@@ -593,6 +644,29 @@ mod tests {
         base
     }
 
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut entries: HashMap<String, Entry> = (0..MAX_KEY_SETS)
+            .map(|i| {
+                let at = i64::try_from(i).unwrap();
+                (format!("https://issuer.example/{i}"), Entry { expires_at: 1000 + at, ..Entry::default() })
+            })
+            .collect();
+        make_room(&mut entries, 0);
+        assert_eq!(entries.len(), MAX_KEY_SETS - 1, "the entry useful for the shortest time went");
+        assert!(!entries.contains_key("https://issuer.example/0"));
+        make_room(&mut entries, 1500);
+        assert_eq!(entries.len(), MAX_KEY_SETS - 501, "everything no longer useful went");
+
+        let cache = JwksCache::default();
+        let held = cache.gate("https://issuer.example/held");
+        for i in 0..MAX_KEY_SETS {
+            cache.gate(&format!("https://issuer.example/{i}"));
+        }
+        assert_eq!(cache.in_flight.lock().len(), 2, "gates nobody holds are dropped, a held one stays");
+        assert!(Arc::ptr_eq(&held, &cache.gate("https://issuer.example/held")));
+    }
+
     #[tokio::test]
     async fn fetches_and_caches_per_max_age() {
         let issuer = issuer("max-age=120").await;
@@ -635,7 +709,7 @@ mod tests {
         assert_eq!(cache.keys(&at("/redirect"), 0, true).await.unwrap_err(), FetchError::Redirect);
         assert_eq!(issuer.hits.load(Ordering::SeqCst), 0, "the redirect target was never fetched");
         assert!(matches!(cache.keys(&at("/html"), 0, true).await.unwrap_err(), FetchError::ContentType(_)));
-        assert_eq!(cache.keys(&at("/big"), 0, true).await.unwrap_err(), FetchError::TooLarge);
+        assert_eq!(cache.keys(&at("/big"), 0, true).await.unwrap_err(), FetchError::TooLarge(MAX_JWKS_BYTES));
 
         // Without Content-Length (chunked), the limit is enforced while reading.
         let chunk = "x".repeat(16 * 1024);
@@ -646,7 +720,10 @@ mod tests {
         }
         chunked.extend_from_slice(b"0\r\n\r\n");
         let base = raw_server(chunked, Duration::ZERO).await;
-        assert_eq!(cache.keys(&format!("{base}/jwks"), 0, true).await.unwrap_err(), FetchError::TooLarge);
+        assert_eq!(
+            cache.keys(&format!("{base}/jwks"), 0, true).await.unwrap_err(),
+            FetchError::TooLarge(MAX_JWKS_BYTES)
+        );
     }
 
     #[tokio::test]

@@ -2,16 +2,26 @@
 //! and the keyring: client authentication, the client_credentials grant, introspection,
 //! revocation and the kill switch, and the registry. No HTTP here; `server` maps requests in.
 
+pub mod authorize;
+pub mod cimd;
 pub mod client_auth;
 pub mod clients;
+pub mod code;
+pub mod dpop;
+pub mod exchange;
 pub mod federation;
 pub mod id_token;
+pub mod idjag;
 pub mod introspect;
 pub mod jwks_fetch;
 pub mod keyring;
+pub mod password;
+pub mod refresh;
+pub mod register;
 pub mod registry;
 pub mod revoke;
 pub mod token;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -37,8 +47,17 @@ pub struct AuthzConfig {
     /// How long a rotated-in key is published before it signs (default rotation lead).
     pub key_publish_lead_secs: i64,
     /// Lets federation rules name http:// issuers and JWKS URLs on loopback and fetch from
-    /// internal addresses. For tests on one host only; off in any real deployment.
+    /// internal addresses; likewise `http://` loopback Client ID Metadata Documents. For tests on
+    /// one host only; off in any real deployment.
     pub allow_insecure_federation: bool,
+    /// Whether `POST /oauth2/register` (RFC 7591 dynamic client registration) is served.
+    pub dynamic_registration: bool,
+    /// Whether `https://` client ids are fetched as Client ID Metadata Documents.
+    pub client_id_metadata_documents: bool,
+    /// How long a refresh token lives; each rotation starts a new one.
+    pub refresh_token_ttl_secs: i64,
+    /// RFC 9449 §8: DPoP proofs at the token endpoint must carry a server-issued nonce.
+    pub dpop_nonce_required: bool,
 }
 
 impl AuthzConfig {
@@ -53,6 +72,10 @@ impl AuthzConfig {
             max_assertion_lifetime_secs: 600,
             key_publish_lead_secs: 120,
             allow_insecure_federation: false,
+            dynamic_registration: true,
+            client_id_metadata_documents: true,
+            refresh_token_ttl_secs: 14 * 86_400,
+            dpop_nonce_required: false,
         }
     }
 
@@ -71,6 +94,10 @@ pub struct Authz {
     pub config: Arc<AuthzConfig>,
     /// Federated issuers' fetched JWK Sets.
     pub jwks_cache: Arc<jwks_fetch::JwksCache>,
+    /// Validated Client ID Metadata Documents.
+    pub cimd_cache: Arc<cimd::MetadataCache>,
+    /// This process's DPoP nonces (RFC 9449 §8), used when `dpop_nonce_required`.
+    pub dpop_nonces: Arc<dpop::NonceSource>,
 }
 
 /// The longest an access token may live; retired keys stay published this long.
@@ -90,7 +117,16 @@ impl Authz {
         let keys = Keyring::open(&store, kek, clock.now_ms(), MAX_ACCESS_TOKEN_TTL_SECS).await?;
         let signer = CheckpointSigner::new(keys.audit_key()?, origin)?;
         let log = AuditLog::start(Arc::clone(&store), signer, Arc::clone(&clock), policy);
-        Ok(Self { store, log, keys: Arc::new(keys), clock, config: Arc::new(config), jwks_cache: Default::default() })
+        Ok(Self {
+            store,
+            log,
+            keys: Arc::new(keys),
+            clock,
+            config: Arc::new(config),
+            jwks_cache: Default::default(),
+            cimd_cache: Default::default(),
+            dpop_nonces: Default::default(),
+        })
     }
 }
 

@@ -348,12 +348,12 @@ pub async fn delete_federation_rule(authz: &Authz, name: &str, correlation_id: &
     change(authz, event, Ok((Mutation::DeleteFederationRule(name.to_owned()), ()))).await
 }
 
-fn invalid(e: impl ToString) -> RegistryError {
+pub(crate) fn invalid(e: impl ToString) -> RegistryError {
     RegistryError::Invalid(e.to_string())
 }
 
 /// Applies a prepared change with its event, or logs the refusal of an invalid one.
-async fn change<T>(
+pub(crate) async fn change<T>(
     authz: &Authz,
     event: AuditEvent,
     prepared: Result<(Mutation, T), RegistryError>,

@@ -15,10 +15,19 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
         event.client = Some(client.client.client_id.clone());
     }
     let mutation = match parse_issued(authz, token) {
-        Err(inactive) => {
-            event = event.refused("ignored", &format!("not a live token of this issuer: {inactive:?}"));
-            None
-        }
+        // RFC 7009 §2.1: a refresh token revokes its whole grant, access tokens included.
+        Err(inactive) => match crate::refresh::find(authz, token).await {
+            Err(e) => return conclude::<()>(authz, event, Err(e), |e| OAuthError::server_error(e.to_string())).await,
+            Ok(Some(refresh)) => {
+                let (described, revoke) = revoke_refresh_family(authz, caller, &refresh, event);
+                event = described;
+                revoke
+            }
+            Ok(None) => {
+                event = event.refused("ignored", &format!("not a live token of this issuer: {inactive:?}"));
+                None
+            }
+        },
         Ok(issued) => {
             describe_token(&mut event, &issued);
             let own = match caller {
@@ -34,6 +43,27 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
         }
     };
     conclude(authz, event, Ok(((), mutation)), |e| OAuthError::server_error(e.to_string())).await
+}
+
+/// Revoking a refresh token ends its family (`RevokeBefore` on the grant), if it is the
+/// caller's; another client's token is left alone, as RFC 7009 §2.1 requires.
+fn revoke_refresh_family(
+    authz: &Authz,
+    caller: &Caller,
+    refresh: &mandate_core::RefreshToken,
+    event: AuditEvent,
+) -> (AuditEvent, Option<Mutation>) {
+    let mut event = event.with_detail(format!("refresh token of grant={}", refresh.family));
+    let own = match caller {
+        Caller::Admin => true,
+        Caller::Client(c) => c.client.client_id == refresh.client_id,
+    };
+    if !own {
+        return (event.refused("ignored", "refresh token belongs to another client"), None);
+    }
+    event.client.get_or_insert_with(|| refresh.client_id.clone());
+    let not_before_secs = authz.clock.now_secs();
+    (event, Some(Mutation::RevokeBefore { kind: EpochKind::Grant, name: refresh.family.clone(), not_before_secs }))
 }
 
 /// The kill switch. Refuses unknown subjects (so a typo is not mistaken for a revocation).

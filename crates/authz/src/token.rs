@@ -67,21 +67,27 @@ pub async fn token(authz: &Authz, request: TokenRequest, correlation_id: &str) -
     event.client = request.presented.claimed_client_id();
     event.resource = request.resources.first().cloned();
     let outcome = grant(authz, request, &mut event, correlation_id).await;
-    conclude(authz, event, outcome, |_| crate::federation::assertion_replayed()).await
+    conclude(authz, event, outcome, |refused| {
+        crate::dpop::replayed(&refused)
+            .or_else(|| crate::idjag::replayed(&refused))
+            .or_else(|| crate::refresh::spent(&refused))
+            .unwrap_or_else(crate::federation::assertion_replayed)
+    })
+    .await
 }
 
-type Granted = (TokenResponse, Option<Mutation>);
+pub(crate) type Granted = (TokenResponse, Option<Mutation>);
 
 async fn grant(
     authz: &Authz,
-    request: TokenRequest,
+    mut request: TokenRequest,
     event: &mut AuditEvent,
     correlation_id: &str,
 ) -> Result<Granted, OAuthError> {
     // The jwt-bearer assertion is itself the credential (RFC 7523 §3.1): client authentication
     // is optional there, but whatever credentials a request carries must be valid.
     let optional_client = request.grant_type.as_deref() == Some(GRANT_JWT_BEARER);
-    let client = match request.presented {
+    let client = match std::mem::take(&mut request.presented) {
         Presented::None if optional_client => None,
         presented => Some(authenticate(authz, presented, correlation_id).await?),
     };
@@ -97,11 +103,19 @@ async fn grant(
             format!("client is not registered for grant_type {grant}"),
         )),
         (Some(GRANT_CLIENT_CREDENTIALS), Some(client)) => {
-            client_credentials(authz, &client, resources, scope, event).await.map(|r| (r, None))
+            let dpop = crate::dpop::dpop_binding(authz, &request.dpop_proofs)?;
+            let issued = client_credentials(authz, &client, resources, scope, crate::dpop::jkt(dpop.as_ref()), event);
+            Ok((issued.await?, crate::dpop::merge(None, dpop)))
         }
-        (Some(GRANT_JWT_BEARER), client) => {
-            let assertion = request.assertion.as_deref();
-            crate::federation::jwt_bearer(authz, assertion, client.as_ref(), resources, scope, event).await
+        (Some(GRANT_JWT_BEARER), client) => crate::idjag::jwt_bearer(authz, &request, client.as_ref(), event).await,
+        (Some(crate::code::GRANT_AUTHORIZATION_CODE), Some(client)) => {
+            crate::code::redeem(authz, &client, &request, event).await
+        }
+        (Some(crate::refresh::GRANT_REFRESH_TOKEN), Some(client)) => {
+            crate::refresh::refresh(authz, &client, &request, event).await
+        }
+        (Some(crate::exchange::GRANT_TOKEN_EXCHANGE), Some(client)) => {
+            crate::exchange::token_exchange(authz, &request, &client, event).await
         }
         (Some(other), _) => {
             Err(OAuthError::new(OAuthErrorCode::UnsupportedGrantType, format!("grant_type {other:?} is not supported")))
@@ -114,13 +128,15 @@ async fn client_credentials(
     client: &AuthenticatedClient,
     resources: &[String],
     requested_scope: Option<&str>,
+    dpop_jkt: Option<&str>,
     event: &mut AuditEvent,
 ) -> Result<TokenResponse, OAuthError> {
     let resource = target_resource(authz, resources).await?;
     let agent = client.agent()?;
     let scope = granted_scope(agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
-    let token = AccessToken::for_agent(agent, &client.client.client_id, &resource, &scope);
+    let mut token = AccessToken::for_agent(agent, &client.client.client_id, &resource, &scope);
+    token.jkt = dpop_jkt;
     sign_access_token(authz, &token.ttl(authz.config.access_token_ttl_secs), event)
 }
 

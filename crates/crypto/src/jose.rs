@@ -88,6 +88,16 @@ pub fn peek_claims(token: &str) -> Result<Value, JwtError> {
     if claims.is_object() { Ok(claims) } else { Err(JwtError::Malformed("payload is not a JSON object".into())) }
 }
 
+/// The unverified JOSE header's `typ`, for routing only (which verifier a token goes to); the
+/// verifier then checks `typ` again on the signed token.
+pub fn peek_typ(token: &str) -> Result<Option<String>, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    Ok(header.typ)
+}
+
 /// Verifies a JWT against `keys` and `opts`; returns its claims.
 pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
     if token.len() > MAX_JWT_BYTES {

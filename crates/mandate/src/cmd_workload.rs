@@ -19,6 +19,8 @@ use crate::config::Settings;
 pub enum AgentCommand {
     #[command(flatten)]
     Registry(AgentCmd),
+    #[command(flatten)]
+    Delegation(crate::cmd_idp::DelegationCmd),
     /// Print an X.509-SVID (PEM chain and key) or, with --jwt, a JWT-SVID for AGENT (for testing).
     Svid(SvidArgs),
     /// Create a single-use join token that bootstraps AGENT elsewhere (POST /spiffe/v1/join).
@@ -80,6 +82,7 @@ async fn cli_spiffe_ca(settings: &Settings, authz: &Authz) -> anyhow::Result<Arc
 pub async fn agent(authz: &Authz, settings: &Settings, cmd: AgentCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Registry(c) => commands::agent(authz, c, out).await,
+        AgentCommand::Delegation(c) => crate::cmd_idp::delegation(authz, c, out).await,
         AgentCommand::Svid(args) => print_svid(&*cli_spiffe_ca(settings, authz).await?, args, out).await,
         AgentCommand::JoinToken(args) => {
             let created = join::create_join_token(authz, &args.agent, args.ttl_secs, &correlation()).await?;

@@ -42,6 +42,12 @@ pub enum OwnerCmd {
     Delete {
         name: String,
     },
+    /// Set the password the owner signs in with at the authorization endpoint. It is read from
+    /// the first line of standard input, never from the command line:
+    /// `read -rs PW && printf '%s\n' "$PW" | mandate owner set-password NAME`.
+    SetPassword {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,7 +182,29 @@ pub async fn owner(authz: &Authz, cmd: OwnerCmd, out: &Output) -> anyhow::Result
             out.show(&owners, || owners.iter().map(|o| o.name.to_string()).collect::<Vec<_>>().join("\n"))
         }
         OwnerCmd::Delete { name } => delete(authz, RecordKind::Owner, &name, out).await,
+        OwnerCmd::SetPassword { name } => {
+            let password = password_from_stdin()?;
+            mandate_authz::password::set_owner_password(authz, &name, password, &correlation()).await?;
+            out.show(&json!({"owner": name, "password": "set"}), || format!("password of owner {name} set"))
+        }
     }
+}
+
+/// One line of standard input, without its line ending. A terminal is refused: it would echo
+/// the password.
+fn password_from_stdin() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!(
+            "the password is read from standard input, which is a terminal (it would echo); pipe it in: \
+             read -rs PW && printf '%s\\n' \"$PW\" | mandate owner set-password NAME"
+        );
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    stdin.lock().read_line(&mut line).context("reading the password from standard input")?;
+    let trimmed = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    Ok(zeroize::Zeroizing::new(trimmed.to_owned()))
 }
 
 pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@ use serde::Deserialize;
 /// Longest access-token lifetime an operator may configure.
 pub use mandate_authz::MAX_ACCESS_TOKEN_TTL_SECS;
 const MIN_ACCESS_TOKEN_TTL_SECS: i64 = 30;
+const DEFAULT_REFRESH_TOKEN_TTL_SECS: i64 = 14 * 86_400;
+const MAX_REFRESH_TOKEN_TTL_SECS: i64 = 365 * 86_400;
 /// SVID lifetimes: a few seconds (tests, demos) up to an hour, because a retired signing key
 /// stays published for at most [`MAX_ACCESS_TOKEN_TTL_SECS`] and must outlive what it signed.
 const MIN_SVID_TTL_SECS: i64 = 2;
@@ -31,6 +33,8 @@ pub struct Settings {
     pub database: Option<String>,
     pub trust_domain: Option<String>,
     pub access_token_ttl_secs: Option<i64>,
+    /// Refresh-token lifetime (authorization code flow); each rotation starts a new one.
+    pub refresh_token_ttl_secs: Option<i64>,
     /// `EdDSA` (default) or `ES256`.
     pub access_token_alg: Option<String>,
     /// How long a rotated-in key is published before it signs.
@@ -39,8 +43,15 @@ pub struct Settings {
     pub audit_checkpoint_ms: Option<u64>,
     /// Log filter, e.g. `info` or `mandate=debug`.
     pub log: Option<String>,
-    /// Workload identity federation may use http:// and internal addresses (loopback tests only).
+    /// Workload identity federation and Client ID Metadata Documents may use http:// and
+    /// internal addresses (loopback tests only).
     pub allow_insecure_federation: Option<bool>,
+    /// Serve `POST /oauth2/register` (RFC 7591); default true.
+    pub dynamic_registration: Option<bool>,
+    /// Accept `https://` client ids as Client ID Metadata Documents; default true.
+    pub client_id_metadata_documents: Option<bool>,
+    /// DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8); default false.
+    pub dpop_nonce_required: Option<bool>,
     /// Unix socket path of the SPIFFE Workload API; not served when unset.
     pub workload_socket: Option<PathBuf>,
     /// X.509-SVID lifetime (default 3600, at most 3600); Workload API streams renew at half of it.
@@ -81,6 +92,7 @@ impl Settings {
             let key = key.to_ascii_lowercase();
             let typed = match key.as_str() {
                 "access_token_ttl_secs"
+                | "refresh_token_ttl_secs"
                 | "key_publish_lead_secs"
                 | "audit_checkpoint_events"
                 | "audit_checkpoint_ms"
@@ -88,7 +100,10 @@ impl Settings {
                 | "jwt_svid_ttl_secs" => {
                     toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
                 }
-                "allow_insecure_federation" => {
+                "allow_insecure_federation"
+                | "dynamic_registration"
+                | "client_id_metadata_documents"
+                | "dpop_nonce_required" => {
                     toml::Value::Boolean(value.trim().parse().with_context(|| format!("{name} must be true or false"))?)
                 }
                 _ => toml::Value::String(value),
@@ -107,12 +122,16 @@ impl Settings {
             database: other.database.or(self.database),
             trust_domain: other.trust_domain.or(self.trust_domain),
             access_token_ttl_secs: other.access_token_ttl_secs.or(self.access_token_ttl_secs),
+            refresh_token_ttl_secs: other.refresh_token_ttl_secs.or(self.refresh_token_ttl_secs),
             access_token_alg: other.access_token_alg.or(self.access_token_alg),
             key_publish_lead_secs: other.key_publish_lead_secs.or(self.key_publish_lead_secs),
             audit_checkpoint_events: other.audit_checkpoint_events.or(self.audit_checkpoint_events),
             audit_checkpoint_ms: other.audit_checkpoint_ms.or(self.audit_checkpoint_ms),
             log: other.log.or(self.log),
             allow_insecure_federation: other.allow_insecure_federation.or(self.allow_insecure_federation),
+            dynamic_registration: other.dynamic_registration.or(self.dynamic_registration),
+            client_id_metadata_documents: other.client_id_metadata_documents.or(self.client_id_metadata_documents),
+            dpop_nonce_required: other.dpop_nonce_required.or(self.dpop_nonce_required),
             workload_socket: other.workload_socket.or(self.workload_socket),
             x509_svid_ttl_secs: other.x509_svid_ttl_secs.or(self.x509_svid_ttl_secs),
             jwt_svid_ttl_secs: other.jwt_svid_ttl_secs.or(self.jwt_svid_ttl_secs),
@@ -141,6 +160,15 @@ impl Settings {
         let ttl = self.access_token_ttl_secs.unwrap_or(300);
         if !(MIN_ACCESS_TOKEN_TTL_SECS..=MAX_ACCESS_TOKEN_TTL_SECS).contains(&ttl) {
             bail!("access_token_ttl_secs must be between {MIN_ACCESS_TOKEN_TTL_SECS} and {MAX_ACCESS_TOKEN_TTL_SECS}");
+        }
+        Ok(ttl)
+    }
+
+    /// Default 14 days; from a minute (tests) to a year.
+    pub fn refresh_token_ttl_secs(&self) -> anyhow::Result<i64> {
+        let ttl = self.refresh_token_ttl_secs.unwrap_or(DEFAULT_REFRESH_TOKEN_TTL_SECS);
+        if !(60..=MAX_REFRESH_TOKEN_TTL_SECS).contains(&ttl) {
+            bail!("refresh_token_ttl_secs must be between 60 and {MAX_REFRESH_TOKEN_TTL_SECS}");
         }
         Ok(ttl)
     }
@@ -203,6 +231,28 @@ mod tests {
     }
 
     #[test]
+    fn client_identification_settings_are_booleans() {
+        assert_eq!(Settings::default().dynamic_registration, None);
+        let off = Settings::from_env(env(&[
+            ("MANDATE_DYNAMIC_REGISTRATION", "false"),
+            ("MANDATE_CLIENT_ID_METADATA_DOCUMENTS", "false"),
+        ]))
+        .unwrap();
+        assert_eq!((off.dynamic_registration, off.client_id_metadata_documents), (Some(false), Some(false)));
+        assert!(Settings::from_env(env(&[("MANDATE_DYNAMIC_REGISTRATION", "off")])).is_err());
+        let file = Settings::from_toml("dynamic_registration = true\nclient_id_metadata_documents = true").unwrap();
+        assert_eq!(file.overlay(off).dynamic_registration, Some(false));
+    }
+
+    #[test]
+    fn dpop_nonces_are_off_unless_turned_on() {
+        assert_eq!(Settings::default().dpop_nonce_required, None);
+        let on = Settings::from_env(env(&[("MANDATE_DPOP_NONCE_REQUIRED", "true")])).unwrap();
+        assert_eq!(on.dpop_nonce_required, Some(true));
+        assert!(Settings::from_env(env(&[("MANDATE_DPOP_NONCE_REQUIRED", "1")])).is_err());
+    }
+
+    #[test]
     fn workload_api_settings_come_from_env_and_are_bounded() {
         let from_env = Settings::from_env(env(&[
             ("MANDATE_WORKLOAD_SOCKET", "/run/mandate/workload.sock"),
@@ -227,5 +277,13 @@ mod tests {
         assert!(Settings::from_env(env(&[("MANDATE_KEK", "x"), ("MANDATE_CONFIG", "y")])).is_ok());
         let too_long = Settings { access_token_ttl_secs: Some(86_400), ..Settings::default() };
         assert!(too_long.access_token_ttl_secs().is_err());
+        assert_eq!(Settings::default().refresh_token_ttl_secs().unwrap(), 14 * 86_400);
+        let refresh = Settings::from_env(env(&[("MANDATE_REFRESH_TOKEN_TTL_SECS", "3600")])).unwrap();
+        assert_eq!(refresh.refresh_token_ttl_secs().unwrap(), 3600);
+        for bad in [59, 366 * 86_400] {
+            assert!(
+                Settings { refresh_token_ttl_secs: Some(bad), ..Settings::default() }.refresh_token_ttl_secs().is_err()
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The `mandate` binary: `serve` runs the authorization server; every other command is an
 //! operator action on the same data directory (it may run while the server runs).
 
+mod cmd_idp;
 mod cmd_trust;
 mod cmd_workload;
 mod commands;
@@ -61,6 +62,9 @@ enum Command {
     /// Workload identity federation: external issuers whose JWTs agents may trade for tokens.
     #[command(subcommand)]
     Trust(cmd_trust::TrustCmd),
+    /// Identity providers whose ID-JAGs and ID tokens Mandate accepts.
+    #[command(subcommand)]
+    Idp(cmd_idp::IdpCmd),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Keys(c) => commands::keys(&authz, c, &out).await,
                 Command::Audit(c) => commands::audit(&authz, c, &out).await,
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
+                Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
                 Command::Serve(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)

@@ -50,7 +50,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("  audit key:   {}", authz.log.signer().verifier_key());
 
     let upkeep = tokio::spawn(upkeep(authz.clone()));
-    let state = AppState { authz: authz.clone(), admin_token_hash: admin_hash.into(), spiffe: Arc::clone(&spiffe_ca) };
+    let state = AppState {
+        authz: authz.clone(),
+        admin_token_hash: admin_hash.into(),
+        spiffe: Arc::clone(&spiffe_ca),
+        interactions: Default::default(),
+    };
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
     if let Some(workload) = workload {
         workload.shutdown().await.context("stopping the workload API")?;

@@ -45,8 +45,12 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
     let config = AuthzConfig {
         access_token_ttl_secs: settings.access_token_ttl_secs()?,
         access_token_alg,
+        refresh_token_ttl_secs: settings.refresh_token_ttl_secs()?,
         key_publish_lead_secs: settings.key_publish_lead_secs()?,
         allow_insecure_federation: settings.allow_insecure_federation.unwrap_or(false),
+        dpop_nonce_required: settings.dpop_nonce_required.unwrap_or(false),
+        dynamic_registration: settings.dynamic_registration.unwrap_or(true),
+        client_id_metadata_documents: settings.client_id_metadata_documents.unwrap_or(true),
         ..AuthzConfig::new(issuer.trim_end_matches('/'), trust_domain)
     };
     let authz = Authz::start(store, kek, Arc::new(SystemClock), config, policy, &origin)

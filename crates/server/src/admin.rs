@@ -23,6 +23,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/owners", get(list_owners).post(create_owner))
         .route("/owners/{name}", get(get_owner).delete(delete_owner))
+        .route("/owners/{name}/password", axum::routing::put(set_owner_password))
         .route("/agents", get(list_agents).post(create_agent))
         .route("/agents/{name}", get(get_agent).delete(delete_agent))
         .route("/clients", get(list_clients).post(create_client))
@@ -35,11 +36,12 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/keys/rotate", post(rotate_key))
         .route("/audit/export", get(export_audit))
         .route("/audit/key", get(audit_key))
+        .merge(crate::admin_trust::routes())
 }
 
 /// Proof that the request carried the admin credential, plus its correlation id.
 pub(crate) struct Admin {
-    correlation: String,
+    pub(crate) correlation: String,
 }
 
 impl FromRequestParts<AppState> for Admin {
@@ -81,13 +83,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(status: StatusCode, code: &str, description: &str) -> ApiError {
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> ApiError {
     ApiError { status, code: code.to_owned(), description: description.to_owned() }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn registry_error(e: RegistryError) -> ApiError {
+pub(crate) fn registry_error(e: RegistryError) -> ApiError {
     match &e {
         RegistryError::Invalid(why) => error(StatusCode::BAD_REQUEST, "invalid_request", why),
         RegistryError::Refused(MutationError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
@@ -96,18 +98,18 @@ fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure");
     error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "storage is unavailable")
 }
 
-fn found<T: serde::Serialize>(value: Option<T>, what: &str) -> ApiResult {
+pub(crate) fn found<T: serde::Serialize>(value: Option<T>, what: &str) -> ApiResult {
     value
         .map(|v| Json(v).into_response())
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", &format!("no such {what}")))
 }
 
-fn created<T: serde::Serialize>(value: T) -> Response {
+pub(crate) fn created<T: serde::Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
@@ -131,6 +133,26 @@ async fn create_owner(admin: Admin, State(s): State<AppState>, Json(body): Json<
         .await
         .map_err(registry_error)?;
     Ok(created(owner))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordBody {
+    password: String,
+}
+
+/// Sets the password the owner signs in with at the authorization endpoint; 204 on success.
+async fn set_owner_password(
+    admin: Admin,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<PasswordBody>,
+) -> ApiResult {
+    let password = zeroize::Zeroizing::new(body.password);
+    mandate_authz::password::set_owner_password(&s.authz, &name, password, &admin.correlation)
+        .await
+        .map_err(registry_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn delete_owner(admin: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {

@@ -11,25 +11,46 @@ use crate::AppState;
 
 const SIGNING_ALGS: [&str; 2] = ["EdDSA", "ES256"];
 const CLIENT_AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
+/// Where public clients (`none`, authorization code grant) may also call: token and revocation.
+const PUBLIC_CLIENT_AUTH_METHODS: [&str; 4] = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"];
+/// Claims of Mandate's ID tokens (`crate::authz::id_token`).
+const ID_TOKEN_CLAIMS: [&str; 9] = ["iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "jti"];
 
 fn metadata(state: &AppState) -> Value {
     let issuer = &state.authz.config.issuer;
-    json!({
+    let mut doc = json!({
         "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": ["client_credentials", mandate_authz::federation::GRANT_JWT_BEARER],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "grant_types_supported": [
+            "client_credentials",
+            mandate_authz::federation::GRANT_JWT_BEARER,
+            mandate_authz::exchange::GRANT_TOKEN_EXCHANGE,
+            mandate_authz::code::GRANT_AUTHORIZATION_CODE,
+            mandate_authz::refresh::GRANT_REFRESH_TOKEN,
+        ],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "scopes_supported": [mandate_authz::authorize::SCOPE_OPENID, mandate_authz::authorize::SCOPE_OFFLINE_ACCESS],
+        "token_endpoint_auth_methods_supported": PUBLIC_CLIENT_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "introspection_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
-        "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": PUBLIC_CLIENT_AUTH_METHODS,
         "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "access_token_signing_alg_values_supported": [state.authz.config.access_token_alg.as_str()],
-    })
+        // ID-JAGs: redeemed here (resource-AS role) and issued here (IdP role).
+        "authorization_grant_profiles_supported": [mandate_authz::idjag::GRANT_PROFILE_ID_JAG],
+        "identity_chaining_requested_token_types_supported": [mandate_authz::idjag::TOKEN_TYPE_ID_JAG],
+        "dpop_signing_alg_values_supported": mandate_authz::dpop::SIGNING_ALGS,
+    });
+    crate::register::advertise(&state.authz.config, &mut doc);
+    doc
 }
 
 pub(crate) async fn authorization_server(State(state): State<AppState>) -> Response {
@@ -40,7 +61,12 @@ pub(crate) async fn openid_configuration(State(state): State<AppState>) -> Respo
     let mut doc = metadata(&state);
     if let Some(obj) = doc.as_object_mut() {
         obj.insert("subject_types_supported".into(), json!(["public"]));
-        obj.insert("id_token_signing_alg_values_supported".into(), json!(SIGNING_ALGS));
+        // ID tokens are signed like access tokens, with the configured algorithm.
+        obj.insert(
+            "id_token_signing_alg_values_supported".into(),
+            json!([state.authz.config.access_token_alg.as_str()]),
+        );
+        obj.insert("claims_supported".into(), json!(ID_TOKEN_CLAIMS));
     }
     cacheable(Json(doc).into_response(), 300)
 }

@@ -3,8 +3,11 @@
 //! HTTP to calls into `authz`; no business rule lives here.
 
 mod admin;
+mod admin_trust;
+mod authorize;
 mod discovery;
 mod oauth;
+mod register;
 mod reply;
 mod spiffe;
 
@@ -34,6 +37,8 @@ pub struct AppState {
     pub admin_token_hash: Arc<str>,
     /// The trust domain's SPIFFE CA (bundle, JWT-SVID discovery, join tokens).
     pub spiffe: Arc<mandate_workload::ca::SpiffeCa>,
+    /// Browser sign-in sessions and pending authorization requests (per process).
+    pub interactions: Arc<mandate_authz::authorize::Interactions>,
 }
 
 impl AppState {
@@ -44,6 +49,7 @@ impl AppState {
 
 /// The complete router.
 pub fn router(state: AppState) -> Router {
+    let registration = register::routes(&state);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/.well-known/oauth-authorization-server", get(discovery::authorization_server))
@@ -52,8 +58,11 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/authorize", get(authorize::authorize))
+        .route("/oauth2/authorize/decision", post(authorize::decision))
         .nest("/admin/api/v1", admin::routes())
         .merge(spiffe::routes())
+        .merge(registration)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -25,7 +25,17 @@ pub(crate) async fn token(State(state): State<AppState>, headers: HeaderMap, bod
         Ok(issued) => no_store(Json(issued).into_response()),
         Err(reply) => reply.into_response(),
     };
-    with_request_id(response, &correlation)
+    with_request_id(with_dpop_nonce(&state, &headers, response), &correlation)
+}
+
+/// RFC 9449 §8: when nonces are required, every answer to a request with a DPoP proof carries
+/// the current one (a `use_dpop_nonce` refusal, and successes, so the next proof is ready).
+fn with_dpop_nonce(state: &AppState, headers: &HeaderMap, mut response: Response) -> Response {
+    let nonce = mandate_authz::dpop::nonce_to_send(&state.authz).filter(|_| headers.contains_key("dpop"));
+    if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("dpop-nonce", value);
+    }
+    response
 }
 
 async fn token_flow(
@@ -220,13 +230,13 @@ async fn audited<T>(
     }
 }
 
-async fn refuse(state: &AppState, action: &str, correlation: &str, reply: OAuthReply) -> OAuthReply {
+pub(crate) async fn refuse(state: &AppState, action: &str, correlation: &str, reply: OAuthReply) -> OAuthReply {
     let event = AuditEvent::allow(action, correlation);
     let logged = record_refusal(&state.authz, event, reply.error.clone()).await;
     if logged == reply.error { reply } else { OAuthReply::from(logged) }
 }
 
-fn no_store(mut response: Response) -> Response {
+pub(crate) fn no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

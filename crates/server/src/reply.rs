@@ -63,8 +63,8 @@ pub(crate) fn with_request_id(mut response: Response, correlation_id: &str) -> R
 }
 
 /// Form parameters of a request, with the rules of RFC 6749 §3.2: the media type must be
-/// `application/x-www-form-urlencoded` and no parameter may repeat (except `resource`, which
-/// RFC 8707 allows to repeat).
+/// `application/x-www-form-urlencoded` and no parameter may repeat (except `resource` and
+/// `audience`, which RFC 8707 and RFC 8693 allow to repeat).
 #[derive(Debug, Default)]
 pub(crate) struct Form {
     pairs: Vec<(String, String)>,
@@ -99,7 +99,8 @@ impl Form {
     fn reject_repeats(&self) -> Result<(), OAuthReply> {
         let mut seen = std::collections::BTreeSet::new();
         for (name, _) in &self.pairs {
-            if name != "resource" && !seen.insert(name.as_str()) {
+            // RFC 8707 and RFC 8693 §2.1 let `resource` and `audience` repeat.
+            if name != "resource" && name != "audience" && !seen.insert(name.as_str()) {
                 return Err(OAuthError::invalid_request(format!("parameter {name:?} is repeated")).into());
             }
         }

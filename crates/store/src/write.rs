@@ -145,7 +145,8 @@ impl<'a> Step<'a> {
             ),
             Mutation::ConsumeOnce { id, expires_at_secs } => Self::insert(
                 "INSERT INTO used_once (id, expires_at) VALUES ($1, $2)",
-                "one-time identifier was already used".into(),
+                // Names the entry, so a caller that commits several can tell which was spent.
+                format!("one-time identifier {id} was already used"),
                 vec![Text(id), Int(*expires_at_secs)],
             ),
             Mutation::InsertKey(k) => Self::insert(

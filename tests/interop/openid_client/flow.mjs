@@ -86,10 +86,17 @@ const mcpHeaders = () => new Headers({ 'content-type': 'application/json', accep
 let rs = await client.fetchProtectedResource(config, tokens.access_token, new URL(mcpUrl), 'POST', initialize, mcpHeaders(), { DPoP: dpop })
 result.rs_dpop_status = rs.status
 result.rs_dpop_body = await rs.json()
-// The same DPoP-bound token presented as a plain bearer token must be refused.
-rs = await client.fetchProtectedResource(config, tokens.access_token, new URL(mcpUrl), 'POST', initialize, mcpHeaders())
-result.rs_bearer_status = rs.status
-result.rs_bearer_challenge = rs.headers.get('www-authenticate')
+// The same DPoP-bound token presented as a plain bearer token must be refused; openid-client
+// reports the refusal as a WWW-Authenticate challenge error carrying the response.
+try {
+  rs = await client.fetchProtectedResource(config, tokens.access_token, new URL(mcpUrl), 'POST', initialize, mcpHeaders())
+  result.rs_bearer_status = rs.status
+} catch (e) {
+  if (!e.response) throw e
+  result.rs_bearer_status = e.response.status
+  result.rs_bearer_challenge = e.response.headers.get('www-authenticate')
+  result.rs_bearer_parsed = (e.cause || []).map((c) => ({ scheme: c.scheme, error: c.parameters?.error }))
+}
 
 const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token, { resource }, { DPoP: dpop })
 result.refreshed_token_type = refreshed.token_type

@@ -4,10 +4,13 @@
 
 mod admin_api;
 mod audit;
+mod code_flow;
+mod delegation;
 mod federation;
 mod harness;
 mod keys_and_config;
 mod postgres;
+mod registration;
 mod spiffe;
 mod token_endpoint;
 mod token_lifecycle;

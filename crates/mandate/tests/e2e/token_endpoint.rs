@@ -392,7 +392,13 @@ async fn discovery_documents_describe_this_issuer() {
         assert_eq!(doc["jwks_uri"], server.url("/.well-known/jwks.json"));
         assert_eq!(
             doc["grant_types_supported"],
-            json!(["client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer"])
+            json!([
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+                "authorization_code",
+                "refresh_token"
+            ])
         );
         let methods = doc["token_endpoint_auth_methods_supported"].as_array().unwrap();
         assert!(methods.contains(&json!("private_key_jwt")));
