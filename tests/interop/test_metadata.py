@@ -37,15 +37,31 @@ def test_issuer_is_the_url_the_metadata_came_from(mandate, path):
     assert doc["revocation_endpoint"] == mandate.base_url + "/oauth2/revoke"
     assert doc["jwks_uri"] == mandate.base_url + "/.well-known/jwks.json"
 
-    assert doc["grant_types_supported"] == [
+    assert set(doc["grant_types_supported"]) == {
+        "authorization_code",
+        "refresh_token",
         "client_credentials",
         "urn:ietf:params:oauth:grant-type:jwt-bearer",
-    ]
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    }
     assert set(doc["token_endpoint_auth_methods_supported"]) == {
+        "none",
         "client_secret_basic",
         "client_secret_post",
         "private_key_jwt",
     }
+    # OAuth 2.1 / MCP: PKCE S256 only, RFC 9207 iss, code flow only.
+    assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert doc["authorization_response_iss_parameter_supported"] is True
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["authorization_endpoint"] == mandate.base_url + "/oauth2/authorize"
+    # Client identification: CIMD and RFC 7591 registration.
+    assert doc["client_id_metadata_document_supported"] is True
+    assert doc["registration_endpoint"] == mandate.base_url + "/oauth2/register"
+    # ID-JAG: both roles (resource AS profile, IdP token type), and DPoP.
+    assert doc["authorization_grant_profiles_supported"] == ["urn:ietf:params:oauth:grant-profile:id-jag"]
+    assert doc["identity_chaining_requested_token_types_supported"] == ["urn:ietf:params:oauth:token-type:id-jag"]
+    assert set(doc["dpop_signing_alg_values_supported"]) == {"EdDSA", "ES256"}
     # RFC 8414 §2: "none" MUST NOT be used in *_signing_alg_values_supported.
     assert "none" not in doc["token_endpoint_auth_signing_alg_values_supported"]
     assert set(doc["token_endpoint_auth_signing_alg_values_supported"]) == {"EdDSA", "ES256"}

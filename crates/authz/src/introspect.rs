@@ -87,6 +87,7 @@ pub async fn check_active(authz: &Authz, token: &str) -> Result<Liveness, OAuthE
         agent: issued.agent.as_deref(),
         owner: issued.owner.as_deref(),
         grant: issued.claims.get(GRANT_CLAIM).and_then(Value::as_str),
+        act: issued.claims.get("act"),
     };
     let revoked =
         revocation(authz).check(&facts).await.map_err(|e| store_failure(mandate_store::StoreError::Database(e)))?;

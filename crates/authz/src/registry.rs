@@ -214,6 +214,11 @@ fn client_grants(
         defaults.extend(CODE_GRANTS);
     }
     if asked.is_empty() {
+        if defaults.is_empty() {
+            return Err(invalid(
+                "the client could use no grant: give it redirect URIs, or an agent and a confidential auth method",
+            ));
+        }
         return Ok(defaults.into_iter().map(str::to_owned).collect());
     }
     for grant in &asked {

@@ -98,6 +98,9 @@ async fn grant(
     let (resources, scope) = (&request.resources, request.scope.as_deref());
     match (grant_type, client) {
         (None, _) => Err(OAuthError::invalid_request("grant_type is required")),
+        (Some(grant), _) if !crate::registry::KNOWN_GRANTS.contains(&grant) => {
+            Err(OAuthError::new(OAuthErrorCode::UnsupportedGrantType, format!("grant_type {grant:?} is not supported")))
+        }
         (Some(grant), Some(client)) if !client.client.allows_grant(grant) => Err(OAuthError::new(
             OAuthErrorCode::UnauthorizedClient,
             format!("client is not registered for grant_type {grant}"),
@@ -117,7 +120,9 @@ async fn grant(
         (Some(crate::exchange::GRANT_TOKEN_EXCHANGE), Some(client)) => {
             crate::exchange::token_exchange(authz, &request, &client, event).await
         }
-        (Some(other), _) => {
+        // A known grant without the client authentication it needs.
+        (Some(_), None) => Err(OAuthError::invalid_client("client authentication is required")),
+        (Some(other), Some(_)) => {
             Err(OAuthError::new(OAuthErrorCode::UnsupportedGrantType, format!("grant_type {other:?} is not supported")))
         }
     }

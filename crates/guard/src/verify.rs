@@ -144,6 +144,9 @@ pub struct StoreRevocation {
     agent_prefix: String,
 }
 
+/// How many nested `act` levels revocation follows.
+const MAX_ACT_DEPTH: usize = 16;
+
 /// The claims of one token that revocation looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenFacts<'a> {
@@ -154,6 +157,9 @@ pub struct TokenFacts<'a> {
     pub owner: Option<&'a str>,
     /// The refresh-token family the token was issued under ([`GRANT_CLAIM`]).
     pub grant: Option<&'a str>,
+    /// The `act` claim: every agent in the delegation chain answers for the token too, so
+    /// revoking an agent also ends tokens it holds on someone else's behalf.
+    pub act: Option<&'a Value>,
 }
 
 impl StoreRevocation {
@@ -166,6 +172,20 @@ impl StoreRevocation {
         subject.strip_prefix(&self.agent_prefix)
     }
 
+    /// This trust domain's agents named anywhere in an `act` chain (RFC 8693 §4.1 nesting).
+    fn actor_agents<'v>(&self, mut act: Option<&'v Value>) -> impl Iterator<Item = &'v str> {
+        let mut agents = Vec::new();
+        // Chains are short; the bound stops a pathological token from costing more.
+        for _ in 0..MAX_ACT_DEPTH {
+            let Some(current) = act else { break };
+            if let Some(agent) = current.get("sub").and_then(Value::as_str).and_then(|s| self.agent_name(s)) {
+                agents.push(agent);
+            }
+            act = current.get("act");
+        }
+        agents.into_iter()
+    }
+
     /// Checks one token's revocation state from its identifying claims.
     pub async fn check(&self, token: &TokenFacts<'_>) -> Result<Option<&'static str>, String> {
         if self.store.is_token_revoked(token.jti).await.map_err(|e| e.to_string())? {
@@ -173,6 +193,7 @@ impl StoreRevocation {
         }
         let mut subjects = vec![(EpochKind::Client, token.client_id)];
         subjects.extend(token.agent.map(|a| (EpochKind::Agent, a)));
+        subjects.extend(self.actor_agents(token.act).map(|a| (EpochKind::Agent, a)));
         subjects.extend(token.owner.map(|o| (EpochKind::Owner, o)));
         subjects.extend(token.grant.map(|g| (EpochKind::Grant, g)));
         let epoch = self.store.revoked_before(&subjects).await.map_err(|e| e.to_string())?;
@@ -194,6 +215,7 @@ impl RevocationCheck for StoreRevocation {
             agent: self.agent_name(&p.subject),
             owner: p.owner.as_deref(),
             grant: p.claims.get(GRANT_CLAIM).and_then(Value::as_str),
+            act: p.actor.as_ref(),
         };
         self.check(&facts).await
     }

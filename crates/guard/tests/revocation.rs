@@ -113,3 +113,24 @@ async fn a_revoked_token_is_refused() {
     apply(&s.store, Mutation::RevokeToken { jti: "j-revoked".into(), expires_at_secs: NOW + 300 }).await;
     assert_eq!(check(&s, &t).await, Err("token was revoked".into()));
 }
+
+#[tokio::test]
+async fn revoking_an_agent_ends_tokens_it_holds_for_someone_else() {
+    let s = setup().await;
+    let delegated = |actor: &'static str| {
+        token(&s, move |c| {
+            c["sub"] = json!("carol");
+            c["mandate_owner"] = json!("carol");
+            c["client_id"] = json!("c2");
+            c["act"] = json!({"sub": "spiffe://td.example/agent/front", "act": {"sub": actor}});
+        })
+    };
+    let via_bot = delegated("spiffe://td.example/agent/bot");
+    let via_other = delegated("spiffe://td.example/agent/other");
+    assert_eq!(check(&s, &via_bot).await, Ok(()));
+    epoch(&s.store, EpochKind::Agent, "bot", NOW - 5).await;
+    assert!(check(&s, &via_bot).await.is_err(), "an earlier actor in the chain was revoked");
+    assert_eq!(check(&s, &via_other).await, Ok(()));
+    epoch(&s.store, EpochKind::Agent, "front", NOW - 5).await;
+    assert!(check(&s, &via_other).await.is_err(), "the current actor was revoked");
+}
