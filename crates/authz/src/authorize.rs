@@ -244,17 +244,7 @@ async fn check_client(authz: &Authz, params: &AuthorizeParams) -> Result<(Client
             return Err(OAuthError::invalid_request("redirect_uri is required: the client registered several"));
         }
     };
-    let agent = match &client.agent {
-        None => None,
-        Some(name) => Some(
-            authz
-                .store
-                .agent(name.as_str())
-                .await
-                .map_err(store_failure)?
-                .ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))?,
-        ),
-    };
+    let agent = crate::client_auth::client_agent(authz, &client).await?;
     Ok((client, agent, redirect_uri))
 }
 

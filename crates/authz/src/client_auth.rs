@@ -97,17 +97,7 @@ pub async fn authenticate(
             (client, Some(guard))
         }
     };
-    let agent = match &client.agent {
-        None => None,
-        Some(name) => Some(
-            authz
-                .store
-                .agent(name.as_str())
-                .await
-                .map_err(store_failure)?
-                .ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))?,
-        ),
-    };
+    let agent = client_agent(authz, &client).await?;
     if let Some((guard, jti)) = replay_guard {
         let mut event = AuditEvent::allow("client.authenticate", correlation_id)
             .with_detail(format!("private_key_jwt assertion jti={jti}"));
@@ -119,6 +109,15 @@ pub async fn authenticate(
         }
     }
     Ok(AuthenticatedClient { client, agent })
+}
+
+/// The agent a client authenticates as, if it has one; a client whose agent is gone is refused.
+pub(crate) async fn client_agent(authz: &Authz, client: &Client) -> Result<Option<Agent>, OAuthError> {
+    let Some(name) = &client.agent else {
+        return Ok(None);
+    };
+    let agent = authz.store.agent(name.as_str()).await.map_err(store_failure)?;
+    agent.map(Some).ok_or_else(|| OAuthError::invalid_client("the client's agent no longer exists"))
 }
 
 /// A client that presents no credential must be registered as public; a confidential client

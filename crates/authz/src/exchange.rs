@@ -3,12 +3,13 @@
 //! agent as the current actor (`act`, nested over earlier actors) — or, for agents allowed to,
 //! one that impersonates the subject. Requests for an ID-JAG go to `crate::idjag`.
 
-use mandate_core::{Agent, AuditEvent, OAuthError, OAuthErrorCode, Resource, ResourceUri, ScopeSet};
+use mandate_core::{Agent, AuditEvent, OAuthError, OAuthErrorCode, Resource, ScopeSet};
 use mandate_crypto::jose::peek_claims;
 use mandate_crypto::{VerifyOptions, verify_jwt};
 use mandate_guard::GRANT_CLAIM;
 use serde_json::Value;
 
+use crate::Authz;
 use crate::client_auth::AuthenticatedClient;
 use crate::dpop::{DpopBinding, dpop_binding, jkt, merge};
 use crate::federation::own_spiffe_issuer;
@@ -19,7 +20,6 @@ use crate::token::{
     ACCESS_TOKEN_TYP, AccessToken, Granted, OWNER_CLAIM, TokenRequest, actor_claim, sign_access_token, target_resource,
 };
 use crate::trust::trusted_idp;
-use crate::{Authz, store_failure};
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -150,11 +150,7 @@ async fn subject_token(
     request: &TokenRequest,
     client: &AuthenticatedClient,
 ) -> Result<Subject, OAuthError> {
-    let token = request
-        .subject_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;
+    let token = crate::token::required(&request.subject_token, "subject_token")?;
     let bad = |why: String| OAuthError::invalid_request(format!("the subject token is not acceptable: {why}"));
     let claims = match request.subject_token_type.as_deref() {
         Some(TOKEN_TYPE_ACCESS_TOKEN) => own_access_token(authz, token).await?.map_err(bad)?,
@@ -266,15 +262,7 @@ async fn exchange_target(authz: &Authz, request: &TokenRequest) -> Result<Resour
     let resource = match (resources.is_empty(), audiences.as_slice()) {
         (false, _) => target_resource(authz, resources).await?,
         (true, []) => return Err(OAuthError::invalid_request("resource or audience is required")),
-        (true, [audience]) => {
-            let uri = ResourceUri::parse(audience).map_err(|e| invalid_target(e.to_string()))?;
-            authz
-                .store
-                .resource(uri.as_str())
-                .await
-                .map_err(store_failure)?
-                .ok_or_else(|| invalid_target(format!("audience {uri} is not a registered resource")))?
-        }
+        (true, [audience]) => crate::token::registered_resource(authz, audience).await?,
         (true, _) => return Err(invalid_target("exactly one audience per access token".into())),
     };
     if audiences.iter().any(|a| a != resource.uri.as_str()) {

@@ -58,11 +58,7 @@ pub(crate) async fn jwt_bearer(
     client: Option<&AuthenticatedClient>,
     event: &mut AuditEvent,
 ) -> Result<Granted, OAuthError> {
-    let assertion = request
-        .assertion
-        .as_deref()
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("assertion is required (RFC 7523)"))?;
+    let assertion = crate::token::required(&request.assertion, "assertion (RFC 7523)")?;
     let dpop = dpop_binding(authz, &request.dpop_proofs)?;
     if peek_typ(assertion).ok().flatten().is_some_and(|typ| is_id_jag_typ(&typ)) {
         return redeem(authz, assertion, client, request, dpop, event).await;
@@ -146,11 +142,7 @@ async fn subject_id_token(
     request: &TokenRequest,
     client_id: &str,
 ) -> Result<IdentityAssertion, OAuthError> {
-    let token = request
-        .subject_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;
+    let token = crate::token::required(&request.subject_token, "subject_token")?;
     match request.subject_token_type.as_deref() {
         Some(TOKEN_TYPE_ID_TOKEN) => {}
         Some(other) => {

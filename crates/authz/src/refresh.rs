@@ -55,8 +55,7 @@ pub(crate) async fn refresh(
     request: &TokenRequest,
     event: &mut AuditEvent,
 ) -> Result<(TokenResponse, Option<Mutation>), OAuthError> {
-    let presented = request.refresh_token.as_deref().filter(|t| !t.is_empty());
-    let presented = presented.ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+    let presented = crate::token::required(&request.refresh_token, "refresh_token")?;
     let token_hash = hash_secret(presented);
     let stored = authz.store.refresh_token(&token_hash).await.map_err(store_failure)?;
     let stored = stored.ok_or_else(|| invalid_grant("unknown refresh token"))?;

@@ -78,6 +78,11 @@ pub async fn token(authz: &Authz, request: TokenRequest, correlation_id: &str) -
 
 pub(crate) type Granted = (TokenResponse, Option<Mutation>);
 
+/// A request parameter that must be present and non-empty.
+pub(crate) fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))
+}
+
 async fn grant(
     authz: &Authz,
     mut request: TokenRequest,
@@ -161,13 +166,20 @@ pub(crate) async fn target_resource(authz: &Authz, requested: &[String]) -> Resu
         [one] => one,
         _ => return Err(invalid_target("exactly one resource per access token".into())),
     };
+    registered_resource(authz, raw).await
+}
+
+/// The registered resource a `resource` or `audience` value names; anything else is
+/// `invalid_target`.
+pub(crate) async fn registered_resource(authz: &Authz, raw: &str) -> Result<Resource, OAuthError> {
+    let invalid_target = |why: String| OAuthError::new(OAuthErrorCode::InvalidTarget, why);
     let uri = ResourceUri::parse(raw).map_err(|e| invalid_target(e.to_string()))?;
     authz
         .store
         .resource(uri.as_str())
         .await
         .map_err(store_failure)?
-        .ok_or_else(|| invalid_target(format!("resource {uri} is not registered")))
+        .ok_or_else(|| invalid_target(format!("{uri} is not a registered resource")))
 }
 
 /// Requested scopes must all exist at the resource; the grant is what the agent may also have.
