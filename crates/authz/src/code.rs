@@ -42,8 +42,7 @@ pub(crate) async fn redeem(
     request: &TokenRequest,
     event: &mut AuditEvent,
 ) -> Result<(TokenResponse, Option<Mutation>), OAuthError> {
-    let code = request.code.as_deref().filter(|c| !c.is_empty());
-    let code = code.ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+    let code = crate::token::required(&request.code, "code")?;
     let code_hash = hash_secret(code);
     let stored = authz.store.auth_code(&code_hash).await.map_err(store_failure)?;
     let stored = stored.ok_or_else(|| invalid_grant("unknown authorization code"))?;

@@ -764,7 +764,7 @@ async fn the_exchange_target_is_one_registered_resource() {
     let (status, body, _) = post_token(&x.server, &x.helper, &form(("audience", nowhere)), None).await;
     refused(status, &body, "invalid_target", "not a registered resource");
     let (status, body, _) = post_token(&x.server, &x.helper, &form(("resource", nowhere)), None).await;
-    refused(status, &body, "invalid_target", "not registered");
+    refused(status, &body, "invalid_target", "not a registered resource");
 }
 
 #[tokio::test]
