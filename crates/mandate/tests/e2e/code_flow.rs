@@ -810,3 +810,81 @@ async fn dpop_jkt_binds_the_code_and_a_public_clients_refresh_tokens() {
     let (status, rotated) = token_with_proof(&server, &form, Some(dpop_proof(&server, &key))).await;
     assert_eq!((status, text(&rotated, "token_type")), (200, "DPoP"), "{rotated}");
 }
+
+/// Mandate as the enterprise IdP end to end: alice signs in at an agent's client with `openid`,
+/// and the ID token of that sign-in is traded for an ID-JAG addressed to another authorization
+/// server, as the agent's delegation target allows.
+#[tokio::test]
+async fn the_id_token_of_a_sign_in_becomes_an_id_jag() {
+    let server = Server::start();
+    setup(&server);
+    server.cli(&["agent", "create", "helper", "--owner", "alice", "--scope", "read"]);
+    let (partner_as, partner_api) = ("https://as.partner.example", "https://api.partner.example/mcp");
+    server.cli(&[
+        "agent",
+        "delegate",
+        "helper",
+        "--audience",
+        partner_as,
+        "--resource",
+        partner_api,
+        "--scope",
+        "read",
+        "--client-id",
+        "helper-at-partner",
+    ]);
+    let client = server.cli_json(&[
+        "client",
+        "create",
+        "--agent",
+        "helper",
+        "--redirect-uri",
+        REDIRECT,
+        "--grant-type",
+        "authorization_code",
+        "--grant-type",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ]);
+    let (id, secret) = (client["client_id"].as_str().unwrap(), client["client_secret"].as_str().unwrap());
+    let pkce = Pkce::new("idjag");
+    let code = code_for(&server, &mut Browser::new(), id, &pkce, &[("scope", "openid read")]).await;
+    let form = [("grant_type", "authorization_code"), ("code", &code), ("code_verifier", &pkce.verifier)];
+    let post = |form: Vec<(&'static str, String)>| {
+        server.http.post(server.url("/oauth2/token")).basic_auth(id, Some(secret)).form(&form).send()
+    };
+    let form: Vec<(&'static str, String)> = form.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let body: Value = post(form).await.unwrap().json().await.unwrap();
+    let id_token = text(&body, "id_token").to_owned();
+    assert_eq!(claims(&id_token)["aud"], id);
+
+    let exchange = |subject: String, audience: &str| {
+        vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+            ("requested_token_type", "urn:ietf:params:oauth:token-type:id-jag".to_owned()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token".to_owned()),
+            ("subject_token", subject),
+            ("audience", audience.to_owned()),
+            ("resource", partner_api.to_owned()),
+            ("scope", "read".to_owned()),
+        ]
+    };
+    let response = post(exchange(id_token.clone(), partner_as)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:id-jag");
+    assert_eq!(body["token_type"], "N_A");
+    let id_jag = text(&body, "access_token");
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(id_jag.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["typ"], "oauth-id-jag+jwt");
+    let jag = claims(id_jag);
+    assert_eq!((jag["sub"].as_str(), jag["aud"].as_str()), (Some("alice"), Some(partner_as)));
+    assert_eq!((jag["client_id"].as_str(), jag["resource"].as_str()), (Some("helper-at-partner"), Some(partner_api)));
+    assert_eq!(jag["act"]["sub"], "spiffe://mandate.local/agent/helper");
+
+    // The policy names one audience/resource pair: another audience is not delegable.
+    let response = post(exchange(id_token, "https://as.elsewhere.example")).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_target");
+}
