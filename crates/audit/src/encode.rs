@@ -27,6 +27,7 @@ pub fn canonical_event(position: &EntryPosition, event: &AuditEvent) -> String {
         "resource": event.resource,
         "scope": event.scope,
         "jti": event.jti,
+        "txn": event.txn,
         "correlation_id": event.correlation_id,
     });
     value.to_string()
@@ -56,12 +57,21 @@ mod tests {
         let position = EntryPosition { seq: 3, prev: [0xab; 32], ts_ms: 1_795_424_400_123 };
         let text = canonical_event(&position, &event);
         assert!(text.starts_with(r#"{"action":"token.issue","agent":null,"client":null,"correlation_id":"c-1","decision":"allow","detail":"line\nbreak \"q\" \u0001 é","#), "{text}");
-        assert!(text.ends_with(r#""ts":"2026-11-23T09:00:00.123Z","v":1}"#), "{text}");
+        assert!(text.ends_with(r#""ts":"2026-11-23T09:00:00.123Z","txn":null,"v":1}"#), "{text}");
         assert!(!text.contains(": ") && !text.contains(", "));
         let keys: Vec<String> =
             serde_json::from_str::<serde_json::Map<String, Value>>(&text).unwrap().keys().cloned().collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn the_transaction_id_is_part_of_the_event() {
+        let mut event = AuditEvent::allow("txn_token.issue", "c-1");
+        event.txn = Some("0193-txn".into());
+        let position = EntryPosition { seq: 0, prev: [0; 32], ts_ms: 0 };
+        let text = canonical_event(&position, &event);
+        assert!(text.contains(r#","txn":"0193-txn","#), "{text}");
     }
 }

@@ -6,7 +6,7 @@
 use mandate_core::{Agent, Client, ClientAuthMethod, OAuthError};
 use mandate_crypto::jose::peek_claims;
 use mandate_crypto::{PublicKey, VerifyOptions, constant_time_eq, hash_secret, verify_jwt};
-use mandate_store::Mutation;
+use mandate_store::{EpochKind, Mutation};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -223,6 +223,101 @@ pub fn parse_jwks(jwks: &str) -> Result<Vec<PublicKey>, String> {
         return Err("JWKS has no keys".into());
     }
     keys.iter().map(|k| PublicKey::from_jwk(k).map_err(|e| e.to_string())).collect()
+}
+
+/// A workload of this trust domain calling the Transaction Token Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedWorkload {
+    /// Its SPIFFE ID (the Txn-Token's `req_wl`).
+    pub spiffe_id: String,
+    /// The registered client it authenticated as, when it did not use a JWT-SVID.
+    pub client: Option<AuthenticatedClient>,
+}
+
+/// Authenticates a workload of this trust domain: a JWT-SVID Mandate issued, sent as a
+/// `jwt-bearer` client assertion (its `jti`, if any, is spent here), or a confidential client
+/// registered for an agent allowed the token-exchange grant (the agent is the workload).
+pub async fn authenticate_workload(
+    authz: &Authz,
+    presented: Presented,
+    correlation_id: &str,
+) -> Result<AuthenticatedWorkload, OAuthError> {
+    if let Presented::Assertion { client_id, assertion } = &presented
+        && is_own_jwt_svid(authz, assertion)
+    {
+        let spiffe_id = check_jwt_svid(authz, client_id.as_deref(), assertion, correlation_id).await?;
+        return Ok(AuthenticatedWorkload { spiffe_id, client: None });
+    }
+    let client = authenticate(authz, presented, correlation_id).await?;
+    let unauthorized = |why: &str| OAuthError::new(mandate_core::OAuthErrorCode::UnauthorizedClient, why);
+    let agent = client.agent()?;
+    if !client.is_confidential() {
+        return Err(unauthorized("the Transaction Token Service is for confidential clients"));
+    }
+    if !client.client.allows_grant(crate::exchange::GRANT_TOKEN_EXCHANGE) {
+        return Err(unauthorized("client is not registered for token exchange"));
+    }
+    Ok(AuthenticatedWorkload { spiffe_id: agent.spiffe_id.to_string(), client: Some(client) })
+}
+
+/// Whether an assertion claims to be one of our JWT-SVIDs (routing only; verified after).
+fn is_own_jwt_svid(authz: &Authz, assertion: &str) -> bool {
+    let issuer = crate::federation::own_spiffe_issuer(authz);
+    peek_claims(assertion).ok().and_then(|c| c.get("iss").and_then(Value::as_str).map(|i| i == issuer)) == Some(true)
+}
+
+/// A JWT-SVID of this trust domain addressed to this server; returns its SPIFFE ID.
+async fn check_jwt_svid(
+    authz: &Authz,
+    client_id: Option<&str>,
+    assertion: &str,
+    correlation_id: &str,
+) -> Result<String, OAuthError> {
+    let bad = |why: &str| OAuthError::invalid_client(format!("JWT-SVID rejected: {why}"));
+    let claims = crate::exchange::jwt_svid(authz, assertion).map_err(|e| bad(&e))?;
+    let subject = claims.get("sub").and_then(Value::as_str).ok_or_else(|| bad("no \"sub\""))?;
+    let own = format!("spiffe://{}/", authz.config.trust_domain.as_str());
+    if subject.strip_prefix(&own).is_none_or(|path| path.is_empty() || path.contains(['?', '#'])) {
+        return Err(bad("its subject is not a SPIFFE ID of this trust domain"));
+    }
+    if client_id.is_some_and(|c| c != subject) {
+        return Err(bad("client_id does not match its subject"));
+    }
+    check_svid_agent(authz, subject, claims.get("iat").and_then(Value::as_i64)).await?;
+    if let Some(jti) = claims.get("jti") {
+        let jti = jti.as_str().filter(|j| !j.is_empty() && j.len() <= 256).ok_or_else(|| bad("malformed \"jti\""))?;
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or_default();
+        let guard = Mutation::ConsumeOnce {
+            id: format!("jwt-svid:{subject}:{jti}"),
+            expires_at_secs: exp + authz.config.leeway_secs,
+        };
+        let mut event =
+            AuditEvent::allow("client.authenticate", correlation_id).with_detail(format!("jwt-svid jti={jti}"));
+        event.agent = Some(subject.to_owned());
+        if authz.log.apply(guard, event).await.map_err(audit_failure)?.is_err() {
+            return Err(bad("it was already used"));
+        }
+    }
+    Ok(subject.to_owned())
+}
+
+/// Mandate issues JWT-SVIDs to agents: the agent must still exist, and the kill switch (its or
+/// its owner's "not before" epoch) ends its JWT-SVIDs as it ends its tokens.
+async fn check_svid_agent(authz: &Authz, subject: &str, iat: Option<i64>) -> Result<(), OAuthError> {
+    let bad = |why: &str| OAuthError::invalid_client(format!("JWT-SVID rejected: {why}"));
+    let prefix = authz.config.trust_domain.agent_id_str("");
+    let Some(name) = subject.strip_prefix(&prefix) else {
+        return Ok(());
+    };
+    let agent =
+        authz.store.agent(name).await.map_err(store_failure)?.ok_or_else(|| bad("its agent no longer exists"))?;
+    let subjects = [(EpochKind::Agent, name), (EpochKind::Owner, agent.owner.as_str())];
+    let epoch = authz.store.revoked_before(&subjects).await.map_err(store_failure)?;
+    // Without `iat` the SVID's age is unknown: any revocation ends it.
+    if epoch.is_some_and(|not_before| iat.is_none_or(|iat| iat <= not_before)) {
+        return Err(bad("its agent or owner was revoked"));
+    }
+    Ok(())
 }
 
 /// The answer to a client assertion whose `jti` was seen before.

@@ -174,7 +174,7 @@ async fn subject_token(
 }
 
 /// A live (signed, unexpired, unrevoked) access token of this server; the inner error says why not.
-async fn own_access_token(authz: &Authz, token: &str) -> Result<Result<Value, String>, OAuthError> {
+pub(crate) async fn own_access_token(authz: &Authz, token: &str) -> Result<Result<Value, String>, OAuthError> {
     Ok(match check_active(authz, token).await? {
         Liveness::Active(issued) => Ok(issued.claims),
         Liveness::Inactive(_, Inactive::Invalid(why)) => Err(why),
@@ -240,7 +240,7 @@ async fn actor_token(authz: &Authz, request: &TokenRequest, agent: &Agent) -> Re
 }
 
 /// A JWT-SVID Mandate issued (its JWT-SVID keys, `<issuer>/spiffe`), addressed to this server.
-fn jwt_svid(authz: &Authz, token: &str) -> Result<Value, String> {
+pub(crate) fn jwt_svid(authz: &Authz, token: &str) -> Result<Value, String> {
     let issuer = own_spiffe_issuer(authz);
     let endpoint = authz.config.token_endpoint();
     let audience = [authz.config.issuer.as_str(), endpoint.as_str()];

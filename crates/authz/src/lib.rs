@@ -22,6 +22,7 @@ pub mod registry;
 pub mod revoke;
 pub mod token;
 pub mod trust;
+pub mod txn_token;
 
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ pub struct AuthzConfig {
     pub refresh_token_ttl_secs: i64,
     /// RFC 9449 §8: DPoP proofs at the token endpoint must carry a server-issued nonce.
     pub dpop_nonce_required: bool,
+    /// How long a Txn-Token lives (never beyond its subject token); see `txn_token`.
+    pub txn_token_ttl_secs: i64,
 }
 
 impl AuthzConfig {
@@ -76,6 +79,7 @@ impl AuthzConfig {
             client_id_metadata_documents: true,
             refresh_token_ttl_secs: 14 * 86_400,
             dpop_nonce_required: false,
+            txn_token_ttl_secs: txn_token::DEFAULT_TTL_SECS,
         }
     }
 

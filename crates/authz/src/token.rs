@@ -39,6 +39,9 @@ pub struct TokenRequest {
     pub actor_token_type: Option<String>,
     pub requested_token_type: Option<String>,
     pub audiences: Vec<String>,
+    /// Transaction Token Service (draft-ietf-oauth-transaction-tokens §7.1): JSON objects as text.
+    pub request_context: Option<String>,
+    pub request_details: Option<String>,
     /// Every `DPoP` header value the request carried (RFC 9449 §4.3 wants exactly one, if any).
     pub dpop_proofs: Vec<String>,
 }
@@ -89,6 +92,10 @@ async fn grant(
     event: &mut AuditEvent,
     correlation_id: &str,
 ) -> Result<Granted, OAuthError> {
+    // The Transaction Token Service authenticates workloads (JWT-SVIDs too), not only clients.
+    if crate::txn_token::requested(&request) {
+        return crate::txn_token::token_exchange(authz, request, event, correlation_id).await;
+    }
     // The jwt-bearer assertion is itself the credential (RFC 7523 §3.1): client authentication
     // is optional there, but whatever credentials a request carries must be valid.
     let optional_client = request.grant_type.as_deref() == Some(GRANT_JWT_BEARER);

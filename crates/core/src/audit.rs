@@ -36,6 +36,8 @@ pub struct AuditEvent {
     pub resource: Option<String>,
     pub scope: Option<String>,
     pub jti: Option<String>,
+    /// The transaction id (`txn` of a Txn-Token) every hop of one call chain shares.
+    pub txn: Option<String>,
     pub correlation_id: String,
 }
 
@@ -53,6 +55,7 @@ impl AuditEvent {
             resource: None,
             scope: None,
             jti: None,
+            txn: None,
             correlation_id: correlation_id.into(),
         }
     }

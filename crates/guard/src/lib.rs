@@ -2,7 +2,8 @@
 //! trusted authorization server *for this resource* (RFC 9068 + RFC 8707), is presented as its
 //! binding demands (Bearer, or DPoP with a valid proof, RFC 9449), checks scope and revocation,
 //! and answers refusals with RFC 6750/9728/9449 `WWW-Authenticate` challenges that point clients
-//! at this resource's Protected Resource Metadata. Plain API plus an axum middleware.
+//! at this resource's Protected Resource Metadata. Plain API plus an axum middleware. Inside a
+//! trust domain it also verifies Transaction Tokens (`Txn-Token` header, `txn` module).
 
 mod challenge;
 pub mod dpop;
@@ -10,6 +11,7 @@ mod layer;
 mod prm;
 mod remote;
 mod replay;
+mod txn;
 mod verify;
 
 pub use challenge::{Rejection, RejectionKind};
@@ -18,6 +20,7 @@ pub use layer::{Required, require_scopes};
 pub use prm::{metadata_url, protected_resource_metadata, well_known_url};
 pub use remote::{RemoteKeyError, RemoteKeys};
 pub use replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
+pub use txn::{TXN_TOKEN_HEADER, TxnContext, TxnTokenVerifier, require_txn_token};
 pub use verify::{
     BadResource, GRANT_CLAIM, Guard, GuardConfig, KeySource, Presented, Principal, RevocationCheck, StaticKeys,
     StoreRevocation, TokenFacts,

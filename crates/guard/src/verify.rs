@@ -333,17 +333,8 @@ impl Guard {
         Ok(principal)
     }
 
-    /// Verifies with the issuer's keys, refreshing them once if the token names an unknown `kid`.
     async fn verify_signed(&self, token: &str, issuer: &str, opts: &VerifyOptions<'_>) -> Result<Value, String> {
-        let keys = self.keys.keys(issuer).await?;
-        let verified = match verify_jwt(token, &keys, opts) {
-            Err(JwtError::UnknownKey(kid)) => match self.keys.refresh(issuer).await? {
-                Some(fresh) => verify_jwt(token, &fresh, opts),
-                None => Err(JwtError::UnknownKey(kid)),
-            },
-            other => other,
-        };
-        verified.map_err(|e| e.to_string())
+        verify_signed(self.keys.as_ref(), token, issuer, opts).await
     }
 
     /// RFC 9449 §7: a bound token only with the `DPoP` scheme and a proof by its key; an
@@ -389,6 +380,24 @@ impl Guard {
             Err("the DPoP proof was already used".into())
         }
     }
+}
+
+/// Verifies with the issuer's keys, refreshing them once if the token names an unknown `kid`.
+pub(crate) async fn verify_signed(
+    keys: &dyn KeySource,
+    token: &str,
+    issuer: &str,
+    opts: &VerifyOptions<'_>,
+) -> Result<Value, String> {
+    let current = keys.keys(issuer).await?;
+    let verified = match verify_jwt(token, &current, opts) {
+        Err(JwtError::UnknownKey(kid)) => match keys.refresh(issuer).await? {
+            Some(fresh) => verify_jwt(token, &fresh, opts),
+            None => Err(JwtError::UnknownKey(kid)),
+        },
+        other => other,
+    };
+    verified.map_err(|e| e.to_string())
 }
 
 /// The token and how it is presented: `Bearer <token>` or `DPoP <token>` (schemes are

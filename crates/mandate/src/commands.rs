@@ -157,7 +157,26 @@ pub enum AuditCmd {
     Verify(VerifyArgs),
     /// Print the log's verifier key (C2SP vkey).
     Key,
+    /// Print the events of one transaction, agent or owner, in log order (JSON lines with --json).
+    Query(QueryArgs),
 }
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("filter").required(true).multiple(true).args(["txn", "agent", "owner"])))]
+pub struct QueryArgs {
+    /// A transaction id (a Txn-Token's `txn`): every hop of one call chain.
+    #[arg(long)]
+    txn: Option<String>,
+    /// An agent, by name or SPIFFE ID.
+    #[arg(long)]
+    agent: Option<String>,
+    /// An owner name.
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+/// How many log entries `audit query` reads at a time.
+const QUERY_PAGE: u64 = 1000;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -357,7 +376,47 @@ pub async fn audit(authz: &Authz, cmd: AuditCmd, out: &Output) -> anyhow::Result
             out.show(&json!({ "verifier_key": key }), || key.clone())
         }
         AuditCmd::Verify(_) => bail!("verify runs without a data directory"),
+        AuditCmd::Query(args) => query_audit(authz, &args, out).await,
     }
+}
+
+/// Scans the log page by page and prints the events every given filter matches.
+async fn query_audit(authz: &Authz, args: &QueryArgs, out: &Output) -> anyhow::Result<()> {
+    let agent = args
+        .agent
+        .as_deref()
+        .map(|a| if a.starts_with("spiffe://") { a.to_owned() } else { authz.config.trust_domain.agent_id_str(a) });
+    let wanted = [("txn", args.txn.as_deref()), ("agent", agent.as_deref()), ("owner", args.owner.as_deref())];
+    let mut next = 0u64;
+    loop {
+        let page = authz.store.audit_entries(next, next + QUERY_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for entry in &page {
+            let event: serde_json::Value = serde_json::from_str(&entry.canonical).context("reading the audit log")?;
+            let matches = wanted.iter().all(|(field, value)| value.is_none_or(|v| event[*field].as_str() == Some(v)));
+            if matches {
+                println!("{}", if out.json { event.to_string() } else { describe_event(&event) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One event on one line for people: when, what, the outcome, who, and why.
+fn describe_event(event: &serde_json::Value) -> String {
+    let text = |name: &str| event[name].as_str().unwrap_or("-").to_owned();
+    format!(
+        "{} {} {} {} agent={} subject={} txn={} {}",
+        event["seq"],
+        text("ts"),
+        text("action"),
+        text("decision"),
+        text("agent"),
+        text("subject"),
+        text("txn"),
+        event["detail"].as_str().unwrap_or_default()
+    )
 }
 
 /// Offline verification: needs only the export and the verifier key.

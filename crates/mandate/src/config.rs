@@ -58,6 +58,8 @@ pub struct Settings {
     pub x509_svid_ttl_secs: Option<i64>,
     /// JWT-SVID lifetime (default 300, at most 3600).
     pub jwt_svid_ttl_secs: Option<i64>,
+    /// Txn-Token lifetime (default 60, at most 300; never beyond the subject token).
+    pub txn_token_ttl_secs: Option<i64>,
     /// PEM certificate of an operator root CA that signs Mandate's SPIFFE CA as an intermediate
     /// (with `spiffe_upstream_ca_key`); the CA is self-signed when unset.
     pub spiffe_upstream_ca_cert: Option<PathBuf>,
@@ -97,7 +99,8 @@ impl Settings {
                 | "audit_checkpoint_events"
                 | "audit_checkpoint_ms"
                 | "x509_svid_ttl_secs"
-                | "jwt_svid_ttl_secs" => {
+                | "jwt_svid_ttl_secs"
+                | "txn_token_ttl_secs" => {
                     toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
                 }
                 "allow_insecure_federation"
@@ -135,6 +138,7 @@ impl Settings {
             workload_socket: other.workload_socket.or(self.workload_socket),
             x509_svid_ttl_secs: other.x509_svid_ttl_secs.or(self.x509_svid_ttl_secs),
             jwt_svid_ttl_secs: other.jwt_svid_ttl_secs.or(self.jwt_svid_ttl_secs),
+            txn_token_ttl_secs: other.txn_token_ttl_secs.or(self.txn_token_ttl_secs),
             spiffe_upstream_ca_cert: other.spiffe_upstream_ca_cert.or(self.spiffe_upstream_ca_cert),
             spiffe_upstream_ca_key: other.spiffe_upstream_ca_key.or(self.spiffe_upstream_ca_key),
         }
@@ -169,6 +173,16 @@ impl Settings {
         let ttl = self.refresh_token_ttl_secs.unwrap_or(DEFAULT_REFRESH_TOKEN_TTL_SECS);
         if !(60..=MAX_REFRESH_TOKEN_TTL_SECS).contains(&ttl) {
             bail!("refresh_token_ttl_secs must be between 60 and {MAX_REFRESH_TOKEN_TTL_SECS}");
+        }
+        Ok(ttl)
+    }
+
+    /// Default 60 s; from 1 s to 300 s (Txn-Tokens live minutes or less).
+    pub fn txn_token_ttl_secs(&self) -> anyhow::Result<i64> {
+        use mandate_authz::txn_token::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
+        let ttl = self.txn_token_ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            bail!("txn_token_ttl_secs must be between 1 and {MAX_TTL_SECS}");
         }
         Ok(ttl)
     }
@@ -278,6 +292,12 @@ mod tests {
         let too_long = Settings { access_token_ttl_secs: Some(86_400), ..Settings::default() };
         assert!(too_long.access_token_ttl_secs().is_err());
         assert_eq!(Settings::default().refresh_token_ttl_secs().unwrap(), 14 * 86_400);
+        assert_eq!(Settings::default().txn_token_ttl_secs().unwrap(), 60);
+        let txn = Settings::from_env(env(&[("MANDATE_TXN_TOKEN_TTL_SECS", "120")])).unwrap();
+        assert_eq!(txn.txn_token_ttl_secs().unwrap(), 120);
+        for bad in [0, 301] {
+            assert!(Settings { txn_token_ttl_secs: Some(bad), ..Settings::default() }.txn_token_ttl_secs().is_err());
+        }
         let refresh = Settings::from_env(env(&[("MANDATE_REFRESH_TOKEN_TTL_SECS", "3600")])).unwrap();
         assert_eq!(refresh.refresh_token_ttl_secs().unwrap(), 3600);
         for bad in [59, 366 * 86_400] {

@@ -1,6 +1,7 @@
 //! The `mandate` binary: `serve` runs the authorization server; every other command is an
 //! operator action on the same data directory (it may run while the server runs).
 
+mod cmd_gateway;
 mod cmd_idp;
 mod cmd_trust;
 mod cmd_workload;
@@ -39,6 +40,9 @@ struct Cli {
 enum Command {
     /// Run the authorization server.
     Serve(ServeArgs),
+    /// Run the Txn-Token gateway: a reverse proxy that verifies access tokens and forwards
+    /// Transaction Tokens instead (co-located with the server's data directory).
+    Gateway(cmd_gateway::GatewayArgs),
     /// Manage owners (responsible humans or organisations).
     #[command(subcommand)]
     Owner(commands::OwnerCmd),
@@ -113,6 +117,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             serve::serve(settings).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Gateway(args) => {
+            cmd_gateway::gateway(&settings, args).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Audit(commands::AuditCmd::Verify(args)) => commands::verify_audit(&args, cli.json),
         command => {
             let out = commands::Output { json: cli.json };
@@ -127,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Audit(c) => commands::audit(&authz, c, &out).await,
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
-                Command::Serve(_) => unreachable!("handled above"),
+                Command::Serve(_) | Command::Gateway(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)
         }

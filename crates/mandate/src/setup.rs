@@ -49,6 +49,7 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
         key_publish_lead_secs: settings.key_publish_lead_secs()?,
         allow_insecure_federation: settings.allow_insecure_federation.unwrap_or(false),
         dpop_nonce_required: settings.dpop_nonce_required.unwrap_or(false),
+        txn_token_ttl_secs: settings.txn_token_ttl_secs()?,
         dynamic_registration: settings.dynamic_registration.unwrap_or(true),
         client_id_metadata_documents: settings.client_id_metadata_documents.unwrap_or(true),
         ..AuthzConfig::new(issuer.trim_end_matches('/'), trust_domain)

@@ -64,6 +64,8 @@ async fn token_flow(
         actor_token_type: form.take("actor_token_type"),
         requested_token_type: form.take("requested_token_type"),
         audiences: form.all("audience"),
+        request_context: form.take("request_context"),
+        request_details: form.take("request_details"),
         dpop_proofs: headers.get_all("dpop").iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect(),
     };
     mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))

@@ -1,0 +1,111 @@
+//! Just enough JSON-RPC to know what an MCP request does: its `method` and, for `tools/call`,
+//! the tool's name. The gateway records them in the Txn-Token's `tctx` and in its audit event;
+//! it never rewrites the body.
+
+use serde_json::{Map, Value, json};
+
+/// The most calls of one batch that are described.
+const MAX_BATCH: usize = 32;
+/// Longer method or tool names are cut (they end up in tokens and audit entries).
+const MAX_NAME: usize = 128;
+
+/// One JSON-RPC request (or notification) of an MCP session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpCall {
+    pub method: String,
+    /// `params.name` of a `tools/call`.
+    pub tool: Option<String>,
+}
+
+/// The calls in a JSON-RPC body: one request, or each of a batch. Empty when the body is not
+/// JSON-RPC (JSON-RPC responses a client posts back carry no method and are skipped).
+pub fn inspect(body: &[u8]) -> Vec<McpCall> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(batch)) => batch.iter().take(MAX_BATCH).filter_map(call).collect(),
+        Ok(single) => call(&single).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn call(message: &Value) -> Option<McpCall> {
+    if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return None;
+    }
+    let method = message.get("method").and_then(Value::as_str)?;
+    let tool = (method == "tools/call")
+        .then(|| message.pointer("/params/name").and_then(Value::as_str))
+        .flatten()
+        .map(bounded);
+    Some(McpCall { method: bounded(method), tool })
+}
+
+fn bounded(name: &str) -> String {
+    name.chars().take(MAX_NAME).collect()
+}
+
+/// The MCP part of a Txn-Token's `request_details`: `mcp_method` and `tool` for one call,
+/// `mcp_calls` listing them for a batch.
+pub fn details(calls: &[McpCall], into: &mut Map<String, Value>) {
+    let describe = |c: &McpCall| {
+        let mut one = Map::new();
+        one.insert("mcp_method".into(), json!(c.method));
+        if let Some(tool) = &c.tool {
+            one.insert("tool".into(), json!(tool));
+        }
+        one
+    };
+    match calls {
+        [] => {}
+        [single] => into.extend(describe(single)),
+        batch => {
+            into.insert("mcp_calls".into(), Value::Array(batch.iter().map(|c| Value::Object(describe(c))).collect()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_call_names_its_tool() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add_note","arguments":{}}}"#;
+        assert_eq!(inspect(body), [McpCall { method: "tools/call".into(), tool: Some("add_note".into()) }]);
+        let mut out = Map::new();
+        details(&inspect(body), &mut out);
+        assert_eq!(Value::Object(out), json!({"mcp_method": "tools/call", "tool": "add_note"}));
+    }
+
+    #[test]
+    fn other_methods_carry_no_tool() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"ignored"}}"#;
+        assert_eq!(inspect(body), [McpCall { method: "tools/list".into(), tool: None }]);
+    }
+
+    #[test]
+    fn batches_list_each_call() {
+        let body = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},
+            {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search"}}]"#;
+        let mut out = Map::new();
+        details(&inspect(body), &mut out);
+        assert_eq!(
+            Value::Object(out),
+            json!({"mcp_calls": [{"mcp_method": "notifications/initialized"},
+                {"mcp_method": "tools/call", "tool": "search"}]})
+        );
+    }
+
+    #[test]
+    fn non_json_rpc_bodies_describe_nothing() {
+        for body in [&b"not json"[..], br#"{"method":"x"}"#, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, b"42"] {
+            assert!(inspect(body).is_empty(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut() {
+        let name = "t".repeat(1000);
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}).to_string();
+        assert_eq!(inspect(body.as_bytes())[0].tool.as_deref().map(str::len), Some(MAX_NAME));
+    }
+}
