@@ -21,7 +21,7 @@ use mandate_audit::AuditLog;
 use mandate_authz::Authz;
 use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode, ScopeSet};
 use mandate_guard::{
-    BadResource, Guard, GuardConfig, Presented, Principal, Rejection, RejectionKind, StoreRevocation, TXN_TOKEN_HEADER,
+    BadResource, Guard, GuardConfig, Presented, Principal, Rejection, StoreRevocation, TXN_TOKEN_HEADER,
     protected_resource_metadata,
 };
 use serde_json::{Map, Value, json};
@@ -206,14 +206,7 @@ impl Gateway {
     /// The guard's verdict on the request's token, and the token itself (the Txn-Token's subject).
     async fn authenticate(&self, parts: &Parts) -> Result<(Principal, String), Rejection> {
         let headers = &parts.headers;
-        let repeated = headers.get_all(header::AUTHORIZATION).iter().count() > 1;
-        let in_query =
-            parts.uri.query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("access_token")));
-        if repeated || in_query {
-            let why =
-                if repeated { "more than one Authorization header" } else { "tokens are not accepted in the query" };
-            return Err(self.guard.rejection(RejectionKind::InvalidRequest, why, &ScopeSet::default()));
-        }
+        self.guard.refuse_ambiguous(headers, &parts.uri)?;
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let presented = Presented {
             authorization,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mandate_core::{ScopeSet, ValidationError};
@@ -28,7 +28,7 @@ impl Required {
 
 /// Middleware body; see the module docs.
 pub async fn require_scopes(State(required): State<Required>, mut request: Request, next: Next) -> Response {
-    if let Err(rejection) = refuse_ambiguous(&required, &request) {
+    if let Err(rejection) = required.guard.refuse_ambiguous(request.headers(), request.uri()) {
         return rejection.into_response();
     }
     let seen = presented(&request);
@@ -56,16 +56,18 @@ fn presented(request: &Request) -> Presented<'_> {
     }
 }
 
-/// Two `Authorization` headers, or a token in the query string (forbidden by OAuth 2.1), make the
-/// request malformed rather than merely unauthenticated.
-fn refuse_ambiguous(required: &Required, request: &Request) -> Result<(), Rejection> {
-    let repeated = request.headers().get_all(header::AUTHORIZATION).iter().count() > 1;
-    let in_query =
-        request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("access_token")));
-    if !repeated && !in_query {
-        return Ok(());
+impl Guard {
+    /// Two `Authorization` headers, or a token in the query string (forbidden by OAuth 2.1), make
+    /// the request malformed rather than merely unauthenticated.
+    pub fn refuse_ambiguous(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Rejection> {
+        let repeated = headers.get_all(header::AUTHORIZATION).iter().count() > 1;
+        let in_query =
+            uri.query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("access_token")));
+        if !repeated && !in_query {
+            return Ok(());
+        }
+        let description =
+            if repeated { "more than one Authorization header" } else { "tokens are not accepted in the query" };
+        Err(self.rejection(RejectionKind::InvalidRequest, description, &ScopeSet::default()))
     }
-    let description =
-        if repeated { "more than one Authorization header" } else { "tokens are not accepted in the query" };
-    Err(required.guard.rejection(RejectionKind::InvalidRequest, description, &ScopeSet::default()))
 }
