@@ -10,7 +10,7 @@ use mandate_crypto::jose::sign_jwt;
 use mandate_crypto::{Alg, SigningKey};
 use serde_json::{Value, json};
 
-use crate::harness::{RESOURCE, Server, claims, header};
+use crate::harness::{RESOURCE, Server, claims, header, now, random_id};
 
 const INSECURE: (&str, &str) = ("MANDATE_ALLOW_INSECURE_FEDERATION", "true");
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -21,16 +21,6 @@ const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const UPSTREAM: &str = "https://upstream.example.test";
 const ASSISTANT: &str = "spiffe://mandate.local/agent/assistant";
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    mandate_crypto::secret::fill_random(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// An identity provider outside Mandate whose signing key the test holds.
 struct Upstream {

@@ -17,7 +17,7 @@ use mandate_crypto::jose::sign_jwt;
 use mandate_crypto::{Alg, SigningKey};
 use serde_json::{Value, json};
 
-use crate::harness::{RESOURCE, Server, claims};
+use crate::harness::{RESOURCE, Server, claims, now, random_id};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const INSECURE: (&str, &str) = ("MANDATE_ALLOW_INSECURE_FEDERATION", "true");
@@ -91,7 +91,7 @@ impl TestIssuer {
         let now = now();
         json!({
             "iss": self.base, "sub": K8S_SUB, "aud": [K8S_AUD],
-            "exp": now + 600, "iat": now, "nbf": now, "jti": uuid_like(),
+            "exp": now + 600, "iat": now, "nbf": now, "jti": random_id(),
             "kubernetes.io": {
                 "namespace": "prod",
                 "serviceaccount": {"name": "billing", "uid": "0e6c9f5a-1b2c-4d3e-8f90-a1b2c3d4e5f6"},
@@ -104,7 +104,7 @@ impl TestIssuer {
         let now = now();
         json!({
             "iss": self.gha_issuer(), "sub": "repo:acme/app:ref:refs/heads/main", "aud": GHA_AUD,
-            "exp": now + 300, "iat": now, "nbf": now - 5, "jti": uuid_like(),
+            "exp": now + 300, "iat": now, "nbf": now - 5, "jti": random_id(),
             "repository": "acme/app", "repository_owner": "acme", "ref": "refs/heads/main", "ref_type": "branch",
             "workflow": "deploy", "job_workflow_ref": "acme/app/.github/workflows/deploy.yml@refs/heads/main",
             "environment": "production", "actor": "octocat", "run_id": "1234567890", "event_name": "push",
@@ -114,16 +114,6 @@ impl TestIssuer {
 
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn uuid_like() -> String {
-    let mut bytes = [0u8; 16];
-    mandate_crypto::secret::fill_random(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A registry with owner alice, resource RESOURCE (read write), agents billing (read) and

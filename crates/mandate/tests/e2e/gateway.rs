@@ -20,7 +20,7 @@ use mandate_example_txn_chain::{Role, router};
 use mandate_guard::{RemoteKeys, TxnTokenVerifier};
 use serde_json::{Value, json};
 
-use crate::harness::{Server, bin, claims, free_address};
+use crate::harness::{Server, bin, claims, free_address, now, random_id};
 
 const TOOL_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{}}}"#;
 const UPSTREAM_IDP: &str = "https://idp.example.test";
@@ -28,16 +28,6 @@ const AGENT: &str = "spiffe://mandate.local/agent/shopper";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    mandate_crypto::secret::fill_random(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// A running `mandate gateway` on the server's data directory.
 struct GatewayProcess {

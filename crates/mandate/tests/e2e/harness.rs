@@ -188,6 +188,18 @@ pub fn claims(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
+/// Wall-clock Unix seconds, for claims of tokens the tests sign themselves.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// 128 random bits, base64url: `jti`s and other one-time ids.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    mandate_crypto::secret::fill_random(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 pub fn header(token: &str) -> Value {
     let head = token.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap()
