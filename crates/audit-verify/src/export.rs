@@ -5,8 +5,8 @@ use std::io::{BufRead, Read};
 use serde_json::{Map, Value};
 
 use crate::canonical::{CanonicalError, canonical_json};
-use crate::merkle::{Frontier, Hash, leaf_hash, merkle_root};
-use crate::note::{NoteError, VerifierKey, verify_note};
+use crate::merkle::{Frontier, Hash, consistency_proof, leaf_hash, merkle_root, verify_consistency};
+use crate::note::{Checkpoint, NoteError, VerifierKey, verify_note};
 use crate::strict_json;
 
 /// The only export format this verifier understands.
@@ -152,6 +152,26 @@ pub enum Reason {
         /// Entries in the export.
         entries: u64,
     },
+    /// The export holds fewer entries than a checkpoint the auditor saved earlier (fork check).
+    #[error(
+        "a trusted checkpoint covers {trusted} entries but the export has only {entries}: entries {entries}.. were removed"
+    )]
+    ShorterThanTrusted {
+        /// The trusted checkpoint's tree size.
+        trusted: u64,
+        /// Entries in the export.
+        entries: u64,
+    },
+    /// The export does not extend a checkpoint the auditor saved earlier (fork check).
+    #[error(
+        "history was rewritten: entries seq 0..={last_seq} differ from the trusted checkpoint of size {trusted} (no consistency proof to the final checkpoint)"
+    )]
+    Forked {
+        /// The trusted checkpoint's tree size.
+        trusted: u64,
+        /// The last seq the trusted checkpoint covers.
+        last_seq: u64,
+    },
 }
 
 fn previous_line_label(line: &Option<u64>) -> String {
@@ -168,7 +188,24 @@ fn previous_line_label(line: &Option<u64>) -> String {
 /// signed by `key`; every checkpoint root matches the entries before it; the last checkpoint
 /// covers every entry. The header must come first and name `key`'s name as origin, as must every
 /// checkpoint. Memory use is 32 bytes per entry (its leaf hash).
-pub fn verify_export<R: BufRead>(mut reader: R, key: &VerifierKey) -> Result<Report, VerifyError> {
+pub fn verify_export<R: BufRead>(reader: R, key: &VerifierKey) -> Result<Report, VerifyError> {
+    verify(reader, key, None)
+}
+
+/// [`verify_export`], then fork detection against a checkpoint saved earlier (already verified by
+/// the caller, e.g. with [`verify_note`]): the export must hold at least `trusted.size` entries,
+/// and an RFC 9162 consistency proof, computed here from the export's own leaves, must lead from
+/// `trusted` to the final checkpoint. An export rewritten after `trusted` was published fails
+/// even when it is internally consistent and freshly signed.
+pub fn verify_export_extending<R: BufRead>(
+    reader: R,
+    key: &VerifierKey,
+    trusted: &Checkpoint,
+) -> Result<Report, VerifyError> {
+    verify(reader, key, Some(trusted))
+}
+
+fn verify<R: BufRead>(mut reader: R, key: &VerifierKey, trusted: Option<&Checkpoint>) -> Result<Report, VerifyError> {
     let mut verifier = ExportVerifier::new(key);
     let mut buffer = Vec::new();
     loop {
@@ -189,7 +226,29 @@ pub fn verify_export<R: BufRead>(mut reader: R, key: &VerifierKey) -> Result<Rep
         }
         verifier.process_line(content)?;
     }
-    verifier.finish()
+    let last_line = verifier.line;
+    let leaves = std::mem::take(&mut verifier.leaves);
+    let report = verifier.finish()?;
+    if let Some(trusted) = trusted {
+        check_extends(trusted, &leaves, &report).map_err(|reason| VerifyError {
+            line: last_line,
+            seq: None,
+            reason,
+        })?;
+    }
+    Ok(report)
+}
+
+/// The fork check: the verified export's tree must extend the trusted one.
+fn check_extends(trusted: &Checkpoint, leaves: &[Hash], report: &Report) -> Result<(), Reason> {
+    let Some(first) = usize::try_from(trusted.size).ok().filter(|size| *size <= leaves.len()) else {
+        return Err(Reason::ShorterThanTrusted { trusted: trusted.size, entries: report.entries });
+    };
+    let proof = consistency_proof(first, leaves);
+    if verify_consistency(trusted.size, report.entries, &trusted.root, &report.root, &proof) {
+        return Ok(());
+    }
+    Err(Reason::Forked { trusted: trusted.size, last_seq: trusted.size.saturating_sub(1) })
 }
 
 /// A checkpoint that verified, remembered for the final coverage check.

@@ -9,7 +9,9 @@
 //!   ([`leaf_hash`], [`merkle_root`]);
 //! - tree heads are published as Ed25519-signed C2SP checkpoints ([`verify_note`]).
 //!
-//! [`verify_export`] runs every check over a JSONL export. The proof verifiers
+//! [`verify_export`] runs every check over a JSONL export; [`verify_export_extending`] also
+//! detects a history forked after a checkpoint the auditor saved; [`verify_receipt`] checks one
+//! event's self-contained receipt. The proof verifiers
 //! ([`verify_inclusion`], [`verify_consistency`]) check RFC 9162 proofs against checkpoints.
 //!
 //! ```no_run
@@ -26,9 +28,13 @@ mod canonical;
 mod export;
 mod merkle;
 mod note;
+mod receipt;
 mod strict_json;
 
 pub use canonical::{CanonicalError, canonical_json};
-pub use export::{EXPORT_FORMAT, Reason, Report, VerifyError, verify_export};
-pub use merkle::{Hash, leaf_hash, merkle_root, node_hash, verify_consistency, verify_inclusion};
+pub use export::{EXPORT_FORMAT, Reason, Report, VerifyError, verify_export, verify_export_extending};
+pub use merkle::{
+    Hash, consistency_proof, inclusion_proof, leaf_hash, merkle_root, node_hash, verify_consistency, verify_inclusion,
+};
 pub use note::{Checkpoint, KeyParseError, NoteError, VerifierKey, parse_checkpoint, verify_note, verify_signed_note};
+pub use receipt::{RECEIPT_FORMAT, ReceiptError, ReceiptReport, verify_receipt};

@@ -84,6 +84,67 @@ impl Frontier {
     }
 }
 
+/// The largest power of two strictly smaller than `n` (for `n >= 2`): where RFC 9162 splits a tree.
+fn split_point(n: usize) -> usize {
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    k
+}
+
+/// The RFC 9162 §2.1.3.1 inclusion proof (audit path) of leaf `index` in the tree over `leaves`,
+/// siblings from the leaf up. Empty when `index` is out of range. O(n) hashing: it is for
+/// verifiers that hold every leaf anyway, not for serving proofs.
+pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Vec<Hash> {
+    let mut path = Vec::new();
+    let (mut start, mut end) = (0, leaves.len());
+    if index >= end {
+        return path;
+    }
+    // Walk down from the root, remembering the sibling subtree at each split.
+    while end - start > 1 {
+        let k = split_point(end - start);
+        if index < start + k {
+            path.push(merkle_root(&leaves[start + k..end]));
+            end = start + k;
+        } else {
+            path.push(merkle_root(&leaves[start..start + k]));
+            start += k;
+        }
+    }
+    path.reverse();
+    path
+}
+
+/// The RFC 9162 §2.1.4.1 consistency proof from the tree of the first `first` leaves to the tree
+/// over all `leaves`. Empty when `first` is 0, equals `leaves.len()` or exceeds it. O(n) hashing.
+pub fn consistency_proof(first: usize, leaves: &[Hash]) -> Vec<Hash> {
+    if first == 0 || first >= leaves.len() {
+        return Vec::new();
+    }
+    subproof(first, leaves, true)
+}
+
+/// SUBPROOF(m, D[n], b) of RFC 9162 §2.1.4.1; `whole` is b, true while the old tree is still a
+/// complete subtree the verifier already holds.
+fn subproof(m: usize, leaves: &[Hash], whole: bool) -> Vec<Hash> {
+    let n = leaves.len();
+    if m == n {
+        return if whole { Vec::new() } else { vec![merkle_root(leaves)] };
+    }
+    let k = split_point(n);
+    let mut proof;
+    if m <= k {
+        proof = subproof(m, &leaves[..k], whole);
+        proof.push(merkle_root(&leaves[k..]));
+    } else {
+        proof = subproof(m - k, &leaves[k..], false);
+        proof.push(merkle_root(&leaves[..k]));
+    }
+    proof
+}
+
 /// Verifies an RFC 9162 §2.1.3.2 inclusion proof: that `leaf` is the leaf hash at `index` in the
 /// tree of `size` leaves whose root is `root`. `proof` lists sibling hashes from the leaf up.
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
@@ -375,6 +436,24 @@ mod tests {
             let mut flipped = proof.to_vec();
             flipped[k][31] ^= 0x80;
             assert!(!verify_consistency(m, n, first_root, second_root, &flipped));
+        }
+    }
+
+    #[test]
+    fn generated_proofs_match_the_rfc_definitions() {
+        let leaves = test_leaves(33);
+        for size in 0..=leaves.len() {
+            let tree = &leaves[..size];
+            for index in 0..size {
+                assert_eq!(inclusion_proof(index, tree), reference_path(index, tree), "{index} in {size}");
+            }
+            assert!(inclusion_proof(size, tree).is_empty());
+            for first in 1..size {
+                let expected = reference_subproof(first, tree, true);
+                assert_eq!(consistency_proof(first, tree), expected, "{first}->{size}");
+            }
+            assert!(consistency_proof(0, tree).is_empty());
+            assert!(consistency_proof(size, tree).is_empty());
         }
     }
 

@@ -7,7 +7,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey};
-use mandate_audit_verify::{KeyParseError, NoteError, Reason, Report, VerifierKey, VerifyError, verify_export};
+use mandate_audit_verify::{
+    Checkpoint, KeyParseError, NoteError, Reason, Report, VerifierKey, VerifyError, verify_export,
+    verify_export_extending, verify_note,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -105,7 +108,20 @@ impl ExportWriter {
     fn entry(&mut self) -> &mut Self {
         let seq = self.leaves.len();
         let prev = self.leaves.last().copied().unwrap_or([0; 32]);
-        let event = Self::event(seq, &prev);
+        self.push_event(Self::event(seq, &prev))
+    }
+
+    /// Appends an event other than the one `entry` would: the start of a rewritten history.
+    fn rewritten_entry(&mut self) -> &mut Self {
+        let seq = self.leaves.len();
+        let prev = self.leaves.last().copied().unwrap_or([0; 32]);
+        let mut event = Self::event(seq, &prev);
+        event["decision"] = json!("deny");
+        event["detail"] = json!("rewritten after the fact");
+        self.push_event(event)
+    }
+
+    fn push_event(&mut self, event: Value) -> &mut Self {
         // serde_json's map is sorted by key and the writer is compact: JCS for these values.
         let canonical = serde_json::to_string(&event).unwrap();
         self.leaves.push(sha256(&[&[0x00], canonical.as_bytes()]));
@@ -614,4 +630,62 @@ fn verifies_a_larger_export() {
     let writer = ExportWriter::with_entries(5000, 256);
     let report = writer.verify().unwrap();
     assert_eq!((report.entries, report.checkpoints), (5000, 20));
+}
+
+/// A checkpoint of the first `size` entries as an auditor would have saved it, verified.
+fn saved_checkpoint(writer: &ExportWriter, size: usize) -> Checkpoint {
+    let note = signed_note(ORIGIN, ORIGIN, &writer.key, size as u64, &reference_root(&writer.leaves[..size]));
+    verify_note(&note, &writer.verifier_key()).unwrap()
+}
+
+fn verify_extending(writer: &ExportWriter, trusted: &Checkpoint) -> Result<Report, VerifyError> {
+    verify_export_extending(writer.text().as_bytes(), &writer.verifier_key(), trusted)
+}
+
+#[test]
+fn an_export_extending_a_saved_checkpoint_verifies() {
+    let writer = ExportWriter::with_entries(13, 4);
+    for size in [0, 1, 4, 6, 8, 12, 13] {
+        let report =
+            verify_extending(&writer, &saved_checkpoint(&writer, size)).unwrap_or_else(|e| panic!("{size}: {e}"));
+        assert_eq!(report.entries, 13);
+    }
+}
+
+#[test]
+fn history_forked_after_a_saved_checkpoint_is_detected() {
+    let original = ExportWriter::with_entries(10, 5);
+    // The auditor saved the checkpoint of size 6; later the log is rewritten from seq 3 on and
+    // re-signed. The new export is internally consistent, so only the fork check catches it.
+    let trusted = saved_checkpoint(&original, 6);
+    let mut forked = ExportWriter::new();
+    forked.entries(3).rewritten_entry().entries(6).checkpoint();
+    forked.verify().unwrap();
+    let err = verify_extending(&forked, &trusted).unwrap_err();
+    assert!(matches!(err.reason, Reason::Forked { trusted: 6, last_seq: 5 }), "{err}");
+    assert_eq!(err.line, forked.last_line());
+    assert!(err.to_string().contains("seq 0..=5"), "{err}");
+    // A fork after the saved size is not a rewrite of anything the auditor saw.
+    let mut later = ExportWriter::new();
+    later.entries(7).rewritten_entry().entries(2).checkpoint();
+    verify_extending(&later, &trusted).unwrap();
+}
+
+#[test]
+fn an_export_shorter_than_a_saved_checkpoint_is_detected() {
+    let original = ExportWriter::with_entries(10, 5);
+    let trusted = saved_checkpoint(&original, 9);
+    let truncated = ExportWriter::with_entries(8, 5);
+    let err = verify_extending(&truncated, &trusted).unwrap_err();
+    assert!(matches!(err.reason, Reason::ShorterThanTrusted { trusted: 9, entries: 8 }), "{err}");
+}
+
+#[test]
+fn the_fork_check_runs_only_after_the_export_itself_verifies() {
+    let writer = ExportWriter::with_entries(6, 3);
+    let trusted = saved_checkpoint(&writer, 3);
+    let mut lines = writer.lines.clone();
+    edit_event(&mut lines, 2, "detail", json!("edited"));
+    let err = verify_export_extending(lines_text(&lines).as_bytes(), &writer.verifier_key(), &trusted).unwrap_err();
+    assert!(matches!(err.reason, Reason::PrevMismatch { .. }), "{err}");
 }

@@ -78,6 +78,9 @@ pub async fn build_checkpoint(
 ) -> Result<StoredCheckpoint, CheckpointError> {
     let latest = store.latest_checkpoint().await?;
     let target = store.audit_len().await?;
+    // Tiles first, so every signed size can be proven from them (and a log from before tiles
+    // existed catches up here).
+    crate::tiles::update_tiles(store, target).await?;
     if let Some(cp) = &latest
         && cp.tree_size == target
     {

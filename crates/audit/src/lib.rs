@@ -6,6 +6,10 @@ mod checkpoint;
 mod encode;
 mod export;
 pub mod merkle;
+pub mod proof;
+pub mod query;
+pub mod receipt;
+pub mod tiles;
 mod writer;
 
 pub use checkpoint::{CheckpointError, CheckpointSigner, build_checkpoint};

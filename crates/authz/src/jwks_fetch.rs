@@ -268,6 +268,30 @@ async fn fetch(raw_url: &str, insecure: bool) -> Result<(Vec<PublicKey>, i64), F
 /// One fetch of a JSON document: resolve, vet, connect only to the vetted addresses, accept only
 /// a `200` with a JSON media type, read at most `spec.max_bytes`. Nothing is cached here.
 pub async fn fetch_json(raw_url: &str, insecure: bool, spec: &FetchSpec) -> Result<Fetched, FetchError> {
+    let (url, client, ips) = vetted_client(raw_url, insecure).await?;
+    let request = client.get(url).header(reqwest::header::ACCEPT, spec.accept);
+    let response = request.send().await.map_err(request_error)?;
+    if response.remote_addr().is_some_and(|peer| !ips.contains(&peer.ip())) {
+        return Err(FetchError::Request("connected to an address that was not vetted".into()));
+    }
+    let status = response.status();
+    if status.is_redirection() {
+        return Err(FetchError::Redirect);
+    }
+    if status != reqwest::StatusCode::OK {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    check_content_type(response.headers().get(reqwest::header::CONTENT_TYPE))?;
+    let max_age_secs = max_age_secs(response.headers().get(reqwest::header::CACHE_CONTROL));
+    let body = read_bounded(response, spec.max_bytes).await?;
+    let body = String::from_utf8(body).map_err(|_| FetchError::Invalid("body is not UTF-8".into()))?;
+    Ok(Fetched { body, max_age_secs })
+}
+
+/// An HTTP client that can only reach the URL's vetted addresses (resolved once, checked, and
+/// pinned), with no redirects, proxies or unbounded waits. Also used for outbound POSTs
+/// (Shared Signals push delivery).
+pub async fn vetted_client(raw_url: &str, insecure: bool) -> Result<(Url, reqwest::Client, Vec<IpAddr>), FetchError> {
     let url = check_url(raw_url, insecure)?;
     let host = host_name(&url);
     let addrs = resolve(&url).await?;
@@ -287,23 +311,27 @@ pub async fn fetch_json(raw_url: &str, insecure: bool, spec: &FetchSpec) -> Resu
         builder = builder.resolve_to_addrs(domain, &addrs);
     }
     let client = builder.build().map_err(|e| FetchError::Request(e.to_string()))?;
-    let request = client.get(url).header(reqwest::header::ACCEPT, spec.accept);
+    Ok((url, client, ips))
+}
+
+/// POSTs `body` to a vetted URL and returns the answer's status; the body is not read.
+pub async fn post_vetted(
+    raw_url: &str,
+    insecure: bool,
+    content_type: &'static str,
+    authorization: Option<&str>,
+    body: String,
+) -> Result<u16, FetchError> {
+    let (url, client, ips) = vetted_client(raw_url, insecure).await?;
+    let mut request = client.post(url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+    if let Some(value) = authorization {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
     let response = request.send().await.map_err(request_error)?;
     if response.remote_addr().is_some_and(|peer| !ips.contains(&peer.ip())) {
         return Err(FetchError::Request("connected to an address that was not vetted".into()));
     }
-    let status = response.status();
-    if status.is_redirection() {
-        return Err(FetchError::Redirect);
-    }
-    if status != reqwest::StatusCode::OK {
-        return Err(FetchError::Status(status.as_u16()));
-    }
-    check_content_type(response.headers().get(reqwest::header::CONTENT_TYPE))?;
-    let max_age_secs = max_age_secs(response.headers().get(reqwest::header::CACHE_CONTROL));
-    let body = read_bounded(response, spec.max_bytes).await?;
-    let body = String::from_utf8(body).map_err(|_| FetchError::Invalid("body is not UTF-8".into()))?;
-    Ok(Fetched { body, max_age_secs })
+    Ok(response.status().as_u16())
 }
 
 fn request_error(e: reqwest::Error) -> FetchError {

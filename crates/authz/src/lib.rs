@@ -20,6 +20,7 @@ pub mod refresh;
 pub mod register;
 pub mod registry;
 pub mod revoke;
+pub mod ssf;
 pub mod token;
 pub mod trust;
 pub mod txn_token;

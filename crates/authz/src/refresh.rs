@@ -240,6 +240,9 @@ pub(crate) async fn revoke_family(
     event.subject = Some(owner.to_owned());
     let not_before_secs = authz.clock.now_secs();
     let revoke = Mutation::RevokeBefore { kind: EpochKind::Grant, name: family.to_owned(), not_before_secs };
+    let subject = crate::ssf::SignalSubject::Grant(family);
+    let signal = crate::ssf::Signal::session_revoked(subject, not_before_secs, "policy", why, correlation_id);
+    let revoke = crate::ssf::with_signals(authz, revoke, &[signal]).await?;
     match authz.log.apply(revoke, event).await.map_err(audit_failure)? {
         Ok(_) => Ok(()),
         Err(refused) => Err(OAuthError::server_error(format!("revoking the grant failed: {refused}"))),

@@ -5,6 +5,7 @@ use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode};
 use mandate_store::{EpochKind, Mutation};
 
 use crate::introspect::{describe_token, parse_issued};
+use crate::ssf::{Signal, SignalSubject, with_signals};
 use crate::{Authz, Caller, conclude, store_failure};
 
 /// RFC 7009: always 200 for tokens that are unknown, invalid or not the caller's (nothing is
@@ -21,7 +22,29 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
             Ok(Some(refresh)) => {
                 let (described, revoke) = revoke_refresh_family(authz, caller, &refresh, event);
                 event = described;
-                revoke
+                match revoke {
+                    None => None,
+                    Some(revoke) => {
+                        let at = authz.clock.now_secs();
+                        let why = "refresh token revoked (RFC 7009)";
+                        let signal = Signal::session_revoked(
+                            SignalSubject::Grant(&refresh.family),
+                            at,
+                            initiator(caller),
+                            why,
+                            correlation_id,
+                        );
+                        match with_signals(authz, revoke, &[signal]).await {
+                            Ok(mutation) => Some(mutation),
+                            Err(e) => {
+                                return conclude::<()>(authz, event, Err(e), |e| {
+                                    OAuthError::server_error(e.to_string())
+                                })
+                                .await;
+                            }
+                        }
+                    }
+                }
             }
             Ok(None) => {
                 event = event.refused("ignored", &format!("not a live token of this issuer: {inactive:?}"));
@@ -35,7 +58,20 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
                 Caller::Client(c) => c.client.client_id == issued.client_id,
             };
             if own {
-                Some(Mutation::RevokeToken { jti: issued.jti, expires_at_secs: issued.exp })
+                let signal = Signal::session_revoked(
+                    SignalSubject::Token(&issued.jti),
+                    authz.clock.now_secs(),
+                    initiator(caller),
+                    "token revoked (RFC 7009)",
+                    correlation_id,
+                );
+                let revoke = Mutation::RevokeToken { jti: issued.jti.clone(), expires_at_secs: issued.exp };
+                match with_signals(authz, revoke, &[signal]).await {
+                    Ok(mutation) => Some(mutation),
+                    Err(e) => {
+                        return conclude::<()>(authz, event, Err(e), |e| OAuthError::server_error(e.to_string())).await;
+                    }
+                }
             } else {
                 event = event.refused("ignored", "token belongs to another client");
                 None
@@ -43,6 +79,14 @@ pub async fn revoke_token(authz: &Authz, caller: &Caller, token: &str, correlati
         }
     };
     conclude(authz, event, Ok(((), mutation)), |e| OAuthError::server_error(e.to_string())).await
+}
+
+/// CAEP `initiating_entity`: an administrator, or the client itself acting for its user.
+fn initiator(caller: &Caller) -> &'static str {
+    match caller {
+        Caller::Admin => "admin",
+        Caller::Client(_) => "user",
+    }
 }
 
 /// Revoking a refresh token ends its family (`RevokeBefore` on the grant), if it is the
@@ -74,10 +118,12 @@ pub async fn revoke_subject(
     correlation_id: &str,
 ) -> Result<i64, OAuthError> {
     let mut event = AuditEvent::allow(format!("revoke.{}", kind.as_str()), correlation_id);
+    let mut spiffe_id = String::new();
     let exists = match kind {
         EpochKind::Agent => {
             let agent = authz.store.agent(name).await.map_err(store_failure)?;
             if let Some(a) = &agent {
+                spiffe_id = a.spiffe_id.to_string();
                 event.agent = Some(a.spiffe_id.to_string());
                 event.owner = Some(a.owner.to_string());
             }
@@ -99,7 +145,15 @@ pub async fn revoke_subject(
     let outcome = if exists {
         event.detail = Some(format!("tokens issued at or before {now} are revoked"));
         let mutation = Mutation::RevokeBefore { kind, name: name.to_owned(), not_before_secs: now };
-        Ok((now, Some(mutation)))
+        let subject = match kind {
+            EpochKind::Agent => SignalSubject::Agent(&spiffe_id),
+            EpochKind::Owner => SignalSubject::Owner(name),
+            EpochKind::Client => SignalSubject::Client(name),
+            EpochKind::Grant => SignalSubject::Grant(name),
+        };
+        let why = format!("{} revoked by an administrator (kill switch)", kind.as_str());
+        let signal = Signal::session_revoked(subject, now, "admin", &why, correlation_id);
+        with_signals(authz, mutation, &[signal]).await.map(|mutation| (now, Some(mutation)))
     } else {
         Err(OAuthError::new(OAuthErrorCode::InvalidRequest, format!("no {} named {name:?}", kind.as_str())))
     };

@@ -115,6 +115,27 @@ pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> 
     Ok(claims)
 }
 
+/// Verifies a Security Event Token (RFC 8417): like [`verify_jwt`], but the token must NOT carry
+/// `exp` (§2.2: a SET records that something happened; it grants nothing and does not expire).
+pub fn verify_set(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    if header.crit.is_some() {
+        return Err(JwtError::CriticalHeader);
+    }
+    let alg = allowed_alg(header.alg)?;
+    check_typ(header.typ.as_deref(), opts)?;
+    let key = select_key(keys, header.kid.as_deref(), alg)?;
+    let claims = signed_claims(token, key, alg)?;
+    if !claims.is_object() || claims.get("exp").is_some() || claims.get("sub").is_some() {
+        return Err(JwtError::Malformed("a security event token is an object without exp and sub".into()));
+    }
+    check_claims_but_exp(&claims, opts)?;
+    Ok(claims)
+}
+
 /// Verifies only the signature of a JWS whose signer is already known (such as a DPoP proof,
 /// signed by the key in its own header) and returns its claims. The key decides the algorithm:
 /// the header's `alg` must be one Mandate accepts and equal the key's. `typ`, time and all other
@@ -187,6 +208,10 @@ fn check_claims(claims: &Value, opts: &VerifyOptions<'_>) -> Result<(), JwtError
     if opts.now > exp + opts.leeway_secs {
         return Err(JwtError::Expired);
     }
+    check_claims_but_exp(claims, opts)
+}
+
+fn check_claims_but_exp(claims: &Value, opts: &VerifyOptions<'_>) -> Result<(), JwtError> {
     if let Some(nbf) = claims.get("nbf") {
         let nbf = nbf.as_i64().ok_or(JwtError::MissingClaim("nbf"))?;
         if opts.now + opts.leeway_secs < nbf {

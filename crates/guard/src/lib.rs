@@ -11,6 +11,7 @@ mod layer;
 mod prm;
 mod remote;
 mod replay;
+mod signals;
 mod txn;
 mod verify;
 
@@ -20,6 +21,7 @@ pub use layer::{Required, require_scopes};
 pub use prm::{metadata_url, protected_resource_metadata, well_known_url};
 pub use remote::{RemoteKeyError, RemoteKeys};
 pub use replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
+pub use signals::{Replies, SetError, SignalRevocations, receive_push, subject_key};
 pub use txn::{TXN_TOKEN_HEADER, TxnContext, TxnTokenVerifier, require_txn_token};
 pub use verify::{
     BadResource, GRANT_CLAIM, Guard, GuardConfig, KeySource, Presented, Principal, RevocationCheck, StaticKeys,

@@ -1,9 +1,7 @@
 //! Operator commands on a data directory. Each goes through the same `authz` functions as the
 //! admin API, so every change is validated and audited the same way.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -144,46 +142,6 @@ pub enum KeysCmd {
     },
     /// The published JWK Set.
     List,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCmd {
-    /// Write the whole log as JSONL, ending with a fresh signed checkpoint.
-    Export {
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Verify an export offline against the log's verifier key.
-    Verify(VerifyArgs),
-    /// Print the log's verifier key (C2SP vkey).
-    Key,
-    /// Print the events of one transaction, agent or owner, in log order (JSON lines with --json).
-    Query(QueryArgs),
-}
-
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("filter").required(true).multiple(true).args(["txn", "agent", "owner"])))]
-pub struct QueryArgs {
-    /// A transaction id (a Txn-Token's `txn`): every hop of one call chain.
-    #[arg(long)]
-    txn: Option<String>,
-    /// An agent, by name or SPIFFE ID.
-    #[arg(long)]
-    agent: Option<String>,
-    /// An owner name.
-    #[arg(long)]
-    owner: Option<String>,
-}
-
-/// How many log entries `audit query` reads at a time.
-const QUERY_PAGE: u64 = 1000;
-
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    file: PathBuf,
-    /// The verifier key string, or a file containing it.
-    #[arg(long)]
-    key: String,
 }
 
 fn oauth(e: OAuthError) -> anyhow::Error {
@@ -353,96 +311,4 @@ pub async fn keys(authz: &Authz, cmd: KeysCmd, out: &Output) -> anyhow::Result<(
             out.show(jwks.as_ref(), || serde_json::to_string_pretty(jwks.as_ref()).unwrap_or_default())
         }
     }
-}
-
-pub async fn audit(authz: &Authz, cmd: AuditCmd, out: &Output) -> anyhow::Result<()> {
-    match cmd {
-        AuditCmd::Export { out: path } => {
-            let mut writer: Box<dyn Write + Send> = match &path {
-                Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-                )),
-                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
-            };
-            let entries = mandate_audit::export(&authz.log, writer.as_mut()).await?;
-            writer.flush()?;
-            if let Some(p) = path {
-                eprintln!("exported {entries} entries to {}", p.display());
-            }
-            Ok(())
-        }
-        AuditCmd::Key => {
-            let key = authz.log.signer().verifier_key();
-            out.show(&json!({ "verifier_key": key }), || key.clone())
-        }
-        AuditCmd::Verify(_) => bail!("verify runs without a data directory"),
-        AuditCmd::Query(args) => query_audit(authz, &args, out).await,
-    }
-}
-
-/// Scans the log page by page and prints the events every given filter matches.
-async fn query_audit(authz: &Authz, args: &QueryArgs, out: &Output) -> anyhow::Result<()> {
-    let agent = args
-        .agent
-        .as_deref()
-        .map(|a| if a.starts_with("spiffe://") { a.to_owned() } else { authz.config.trust_domain.agent_id_str(a) });
-    let wanted = [("txn", args.txn.as_deref()), ("agent", agent.as_deref()), ("owner", args.owner.as_deref())];
-    let mut next = 0u64;
-    loop {
-        let page = authz.store.audit_entries(next, next + QUERY_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        next = last.seq + 1;
-        for entry in &page {
-            let event: serde_json::Value = serde_json::from_str(&entry.canonical).context("reading the audit log")?;
-            let matches = wanted.iter().all(|(field, value)| value.is_none_or(|v| event[*field].as_str() == Some(v)));
-            if matches {
-                println!("{}", if out.json { event.to_string() } else { describe_event(&event) });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One event on one line for people: when, what, the outcome, who, and why.
-fn describe_event(event: &serde_json::Value) -> String {
-    let text = |name: &str| event[name].as_str().unwrap_or("-").to_owned();
-    format!(
-        "{} {} {} {} agent={} subject={} txn={} {}",
-        event["seq"],
-        text("ts"),
-        text("action"),
-        text("decision"),
-        text("agent"),
-        text("subject"),
-        text("txn"),
-        event["detail"].as_str().unwrap_or_default()
-    )
-}
-
-/// Offline verification: needs only the export and the verifier key.
-pub fn verify_audit(args: &VerifyArgs, json: bool) -> anyhow::Result<std::process::ExitCode> {
-    let key_text = if std::path::Path::new(&args.key).is_file() {
-        std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key))?
-    } else {
-        args.key.clone()
-    };
-    let key = mandate_audit_verify::VerifierKey::from_str(key_text.trim()).context("invalid verifier key")?;
-    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let result = mandate_audit_verify::verify_export(std::io::BufReader::new(file), &key);
-    let (ok, message, value) = match &result {
-        Ok(report) => (
-            true,
-            format!("OK: {} entries, {} checkpoints verified", report.entries, report.checkpoints),
-            json!({"ok": true, "entries": report.entries, "checkpoints": report.checkpoints, "root": hex::encode(report.root)}),
-        ),
-        Err(e) => {
-            (false, format!("FAIL: {e}"), json!({"ok": false, "error": e.to_string(), "line": e.line, "seq": e.seq}))
-        }
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        println!("{message}");
-    }
-    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }

@@ -1,6 +1,7 @@
 //! The `mandate` binary: `serve` runs the authorization server; every other command is an
 //! operator action on the same data directory (it may run while the server runs).
 
+mod cmd_audit;
 mod cmd_gateway;
 mod cmd_idp;
 mod cmd_trust;
@@ -62,7 +63,7 @@ enum Command {
     Keys(commands::KeysCmd),
     /// Audit log export and offline verification.
     #[command(subcommand)]
-    Audit(commands::AuditCmd),
+    Audit(cmd_audit::AuditCmd),
     /// Workload identity federation: external issuers whose JWTs agents may trade for tokens.
     #[command(subcommand)]
     Trust(cmd_trust::TrustCmd),
@@ -121,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cmd_gateway::gateway(&settings, args).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Audit(commands::AuditCmd::Verify(args)) => commands::verify_audit(&args, cli.json),
+        Command::Audit(c) if c.is_offline() => cmd_audit::offline(&c, cli.json),
         command => {
             let out = commands::Output { json: cli.json };
             let authz = setup::open(&settings, settings_issuer(&settings)).await?;
@@ -132,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Resource(c) => commands::resource(&authz, c, &out).await,
                 Command::Revoke(a) => commands::revoke(&authz, a, &out).await,
                 Command::Keys(c) => commands::keys(&authz, c, &out).await,
-                Command::Audit(c) => commands::audit(&authz, c, &out).await,
+                Command::Audit(c) => cmd_audit::audit(&authz, c, &out).await,
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
                 Command::Serve(_) | Command::Gateway(_) => unreachable!("handled above"),

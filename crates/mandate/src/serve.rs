@@ -50,6 +50,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("  audit key:   {}", authz.log.signer().verifier_key());
 
     let upkeep = tokio::spawn(upkeep(authz.clone()));
+    // Shared Signals push delivery (RFC 8935); its outbox is in the store, so nothing is lost
+    // across restarts.
+    let signals = tokio::spawn(mandate_authz::ssf::push::run(authz.clone()));
     let state = AppState {
         authz: authz.clone(),
         admin_token_hash: admin_hash.into(),
@@ -62,6 +65,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     served.context("serving HTTP")?;
     upkeep.abort();
+    signals.abort();
     authz.log.checkpoint().await.context("final audit checkpoint")?;
     tracing::info!("stopped");
     Ok(())

@@ -37,6 +37,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/audit/export", get(export_audit))
         .route("/audit/key", get(audit_key))
         .merge(crate::admin_trust::routes())
+        .merge(crate::admin_audit::routes())
 }
 
 /// Proof that the request carried the admin credential, plus its correlation id.

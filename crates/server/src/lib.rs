@@ -3,6 +3,7 @@
 //! HTTP to calls into `authz`; no business rule lives here.
 
 mod admin;
+mod admin_audit;
 mod admin_trust;
 mod authorize;
 mod discovery;
@@ -10,6 +11,8 @@ mod oauth;
 mod register;
 mod reply;
 mod spiffe;
+mod ssf;
+mod transparency;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/authorize/decision", post(authorize::decision))
         .nest("/admin/api/v1", admin::routes())
         .merge(spiffe::routes())
+        .merge(ssf::routes())
+        .merge(transparency::routes())
         .merge(registration)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

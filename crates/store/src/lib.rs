@@ -7,6 +7,7 @@ mod migrate;
 pub mod postgres;
 mod read;
 pub mod sqlite;
+mod ssf;
 mod types;
 mod write;
 
@@ -18,6 +19,7 @@ use mandate_core::{
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use ssf::{SsfEvent, SsfMutation, SsfStream};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,20 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>>;
     /// Stores a checkpoint; one that already exists for the same size is left as it is.
     async fn insert_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<()>;
+    /// Leaf hashes of the entries with `from <= seq < to`, in order (proofs need no event text).
+    async fn audit_leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>>;
+    /// Stored Merkle subtree hashes at `level` with `from <= idx < to`, as `(idx, hash)` in order.
+    async fn audit_tiles(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, [u8; 32])>>;
+    /// One past the highest subtree index stored at `level` (tiles are stored in order).
+    async fn audit_tiles_len(&self, level: u32) -> Result<u64>;
+    /// Stores the subtree hashes at `level` for indexes `first, first + 1, …` in one
+    /// transaction; hashes already stored are left as they are.
+    async fn insert_audit_tiles(&self, level: u32, first: u64, hashes: &[[u8; 32]]) -> Result<()>;
+
+    /// All Shared Signals streams, oldest first.
+    async fn ssf_streams(&self) -> Result<Vec<SsfStream>>;
+    /// Up to `limit` queued events of a stream, oldest first.
+    async fn ssf_events(&self, stream_id: &str, limit: i64) -> Result<Vec<SsfEvent>>;
 
     /// Drops revocation and replay entries whose tokens expired before `now_secs`.
     async fn purge_expired(&self, now_secs: i64) -> Result<u64>;

@@ -11,12 +11,16 @@ pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/sqlite/V1__init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/sqlite/V2__workload.sql") },
     Migration { version: 3, sql: include_str!("../migrations/sqlite/V3__delegation.sql") },
+    Migration { version: 4, sql: include_str!("../migrations/sqlite/V4__audit_tiles.sql") },
+    Migration { version: 5, sql: include_str!("../migrations/sqlite/V5__ssf.sql") },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/postgres/V1__init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/postgres/V2__workload.sql") },
     Migration { version: 3, sql: include_str!("../migrations/postgres/V3__delegation.sql") },
+    Migration { version: 4, sql: include_str!("../migrations/postgres/V4__audit_tiles.sql") },
+    Migration { version: 5, sql: include_str!("../migrations/postgres/V5__ssf.sql") },
 ];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

@@ -298,6 +298,38 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn audit_leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>> {
+        self.query_all(read::AUDIT_LEAF_HASHES, &[&to_i64(from)?, &to_i64(to)?], read::leaf_hash).await
+    }
+
+    async fn audit_tiles(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, [u8; 32])>> {
+        self.query_all(read::AUDIT_TILES, &[&i64::from(level), &to_i64(from)?, &to_i64(to)?], read::tile).await
+    }
+
+    async fn audit_tiles_len(&self, level: u32) -> Result<u64> {
+        let len = self.query_one(read::AUDIT_TILES_LEN, &[&i64::from(level)], read::int).await?;
+        to_u64(len.unwrap_or_default())
+    }
+
+    async fn insert_audit_tiles(&self, level: u32, first: u64, hashes: &[[u8; 32]]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let insert = tx.prepare_cached(write::INSERT_TILE).await?;
+        for (idx, hash) in (first..).zip(hashes) {
+            tx.execute(&insert, &[&i64::from(level), &to_i64(idx)?, &hash.as_slice()]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ssf_streams(&self) -> Result<Vec<crate::SsfStream>> {
+        self.query_all(crate::ssf::STREAMS, &[], crate::ssf::stream).await
+    }
+
+    async fn ssf_events(&self, stream_id: &str, limit: i64) -> Result<Vec<crate::SsfEvent>> {
+        self.query_all(crate::ssf::EVENTS, &[&stream_id, &limit], crate::ssf::event).await
+    }
+
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let tokens = self.execute(write::PURGE_REVOKED, &[&now_secs]).await?;
         let once = self.execute(write::PURGE_USED_ONCE, &[&now_secs]).await?;

@@ -94,6 +94,10 @@ pub(crate) const AUDIT_LEN: &str = "SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_
 pub(crate) const AUDIT_ENTRIES: &str =
     "SELECT seq, leaf_hash, event FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq";
 pub(crate) const LATEST_CHECKPOINT: &str = select!(checkpoints "ORDER BY tree_size DESC LIMIT 1");
+pub(crate) const AUDIT_LEAF_HASHES: &str = "SELECT leaf_hash FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq";
+pub(crate) const AUDIT_TILES: &str =
+    "SELECT idx, hash FROM audit_tiles WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx";
+pub(crate) const AUDIT_TILES_LEN: &str = "SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_tiles WHERE level = $1";
 pub(crate) const CHECKPOINTS: &str = select!(checkpoints "ORDER BY tree_size");
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -274,6 +278,14 @@ pub(crate) fn checkpoint(row: &dyn Columns) -> Result<StoredCheckpoint> {
 
 pub(crate) fn entry(row: &dyn Columns) -> Result<StoredEntry> {
     Ok(StoredEntry { seq: to_u64(row.int(0)?)?, leaf_hash: hash(row, 1, "leaf hash")?, canonical: row.text(2)? })
+}
+
+pub(crate) fn leaf_hash(row: &dyn Columns) -> Result<[u8; 32]> {
+    hash(row, 0, "leaf hash")
+}
+
+pub(crate) fn tile(row: &dyn Columns) -> Result<(u64, [u8; 32])> {
+    Ok((to_u64(row.int(0)?)?, hash(row, 1, "tile hash")?))
 }
 
 pub(crate) fn text(row: &dyn Columns) -> Result<String> {

@@ -248,6 +248,37 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn audit_leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>> {
+        let (from, to) = (to_i64(from)?, to_i64(to)?);
+        self.read(|c| query_all(c, read::AUDIT_LEAF_HASHES, [from, to], read::leaf_hash))
+    }
+
+    async fn audit_tiles(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, [u8; 32])>> {
+        let (level, from, to) = (i64::from(level), to_i64(from)?, to_i64(to)?);
+        self.read(|c| query_all(c, read::AUDIT_TILES, [level, from, to], read::tile))
+    }
+
+    async fn audit_tiles_len(&self, level: u32) -> Result<u64> {
+        self.read(|c| to_u64(c.query_row(read::AUDIT_TILES_LEN, [i64::from(level)], |r| r.get(0))?))
+    }
+
+    async fn insert_audit_tiles(&self, level: u32, first: u64, hashes: &[[u8; 32]]) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        let hashes = hashes.to_vec();
+        // The fsync runs off the async threads, like a commit's.
+        tokio::task::spawn_blocking(move || insert_tiles_sync(&mut inner.writer.lock(), level, first, &hashes))
+            .await
+            .map_err(|e| StoreError::Database(format!("writer task failed: {e}")))?
+    }
+
+    async fn ssf_streams(&self) -> Result<Vec<crate::SsfStream>> {
+        self.read(|c| query_all(c, crate::ssf::STREAMS, [], crate::ssf::stream))
+    }
+
+    async fn ssf_events(&self, stream_id: &str, limit: i64) -> Result<Vec<crate::SsfEvent>> {
+        self.read(|c| query_all(c, crate::ssf::EVENTS, params![stream_id, limit], crate::ssf::event))
+    }
+
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let conn = self.inner.writer.lock();
         let a = conn.prepare_cached(write::PURGE_REVOKED)?.execute([now_secs])?;
@@ -257,6 +288,15 @@ impl Store for SqliteStore {
         let d = conn.prepare_cached(write::PURGE_REFRESH_TOKENS)?.execute([keep_until_ms])?;
         Ok((a + b + c + d) as u64)
     }
+}
+
+fn insert_tiles_sync(conn: &mut Connection, level: u32, first: u64, hashes: &[[u8; 32]]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (idx, hash) in (first..).zip(hashes) {
+        tx.prepare_cached(write::INSERT_TILE)?.execute(params![i64::from(level), to_i64(idx)?, hash.as_slice()])?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn commit_sync(conn: &mut Connection, jobs: Vec<WriteJob>, encoder: &dyn EntryEncoder) -> Result<Vec<JobOutcome>> {

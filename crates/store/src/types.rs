@@ -115,6 +115,8 @@ pub enum Mutation {
         audience: String,
         resource: String,
     },
+    /// Shared Signals Framework streams and outbox (`crate::ssf`).
+    Ssf(crate::ssf::SsfMutation),
     /// Several mutations that succeed or fail together (e.g. spend a refresh token and store
     /// its successor); the first refusal undoes the others.
     All(Vec<Mutation>),

@@ -17,6 +17,8 @@ pub(crate) const APPEND: &str = "INSERT INTO audit_log (seq, leaf_hash, event) V
 pub(crate) const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints \
     (tree_size, root, note, frontier, created_at_ms) VALUES ($1, $2, $3, $4, $5) \
     ON CONFLICT (tree_size) DO NOTHING";
+pub(crate) const INSERT_TILE: &str =
+    "INSERT INTO audit_tiles (level, idx, hash) VALUES ($1, $2, $3) ON CONFLICT (level, idx) DO NOTHING";
 pub(crate) const PURGE_REVOKED: &str = "DELETE FROM revoked_tokens WHERE expires_at < $1";
 pub(crate) const PURGE_USED_ONCE: &str = "DELETE FROM used_once WHERE expires_at < $1";
 /// Codes and refresh tokens are kept this long past expiry so a late replay is still recognised.
@@ -306,6 +308,7 @@ impl<'a> Step<'a> {
             ),
             // Flattened by `all`; a nested batch never reaches here, and would change nothing.
             Mutation::All(_) => Self::insert("SELECT 1 WHERE 1 = 0", "batch".into(), vec![]),
+            Mutation::Ssf(m) => crate::ssf::step(m),
             Mutation::PutSetting { key, value } => Self::insert(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -315,15 +318,15 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn insert(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
+    pub(crate) fn insert(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
         Self { sql, params, kind: Kind::Insert, what }
     }
 
-    fn update(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
+    pub(crate) fn update(sql: &'static str, what: String, params: Vec<Value<'a>>) -> Self {
         Self { sql, params, kind: Kind::Update, what }
     }
 
-    fn delete(sql: &'static str, what: String, key: &'a str) -> Self {
+    pub(crate) fn delete(sql: &'static str, what: String, key: &'a str) -> Self {
         Self { sql, params: vec![Value::Text(key)], kind: Kind::Delete, what }
     }
 

@@ -472,6 +472,22 @@ pub async fn delegation_records(store: Arc<dyn Store>) {
     assert!(out[0].result.is_ok());
 }
 
+pub async fn audit_tiles_round_trip(store: Arc<dyn Store>) {
+    let out = commit(&store, (0..3).map(|i| job(None, &format!("t{i}"))).collect()).await;
+    assert_eq!(out.len(), 3);
+    let leaves = store.audit_leaf_hashes(0, 3).await.unwrap();
+    let entries = store.audit_entries(0, 3).await.unwrap();
+    assert_eq!(leaves, entries.iter().map(|e| e.leaf_hash).collect::<Vec<_>>());
+    assert_eq!(store.audit_leaf_hashes(1, 2).await.unwrap(), vec![leaves[1]]);
+    assert_eq!(store.audit_tiles_len(8).await.unwrap(), 0);
+    store.insert_audit_tiles(8, 0, &[[1; 32], [2; 32]]).await.unwrap();
+    // Idempotent: a stored hash is never replaced.
+    store.insert_audit_tiles(8, 1, &[[9; 32], [3; 32]]).await.unwrap();
+    assert_eq!(store.audit_tiles_len(8).await.unwrap(), 3);
+    assert_eq!(store.audit_tiles(8, 1, 10).await.unwrap(), vec![(1, [2; 32]), (2, [3; 32])]);
+    assert!(store.audit_tiles(16, 0, 10).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -479,7 +495,7 @@ macro_rules! suite {
             suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
                 revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
-                workload_identity_records, delegation_records);
+                workload_identity_records, delegation_records, audit_tiles_round_trip);
         }
     };
     (@tests $make:path; $($name:ident),*) => {

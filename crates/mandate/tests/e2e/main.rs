@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod audit;
+mod audit_queries;
 mod code_flow;
 mod delegation;
 mod federation;
@@ -13,7 +14,9 @@ mod keys_and_config;
 mod postgres;
 mod registration;
 mod spiffe;
+mod ssf;
 mod token_endpoint;
 mod token_lifecycle;
+mod transparency;
 mod txn_token;
 mod workload_api;

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: the same wrk load against a tiny upstream directly and through
+# `mandate gateway` (token verification, in-process Txn-Token minting, durable audit, proxying).
+#
+#   bash bench/gateway/run.sh
+#
+# Prints req/s, p50 and p99 for both, the throughput ratio gateway/direct (target >= 0.60) and
+# the added p99 latency (target < 1 ms), for GET (headline) and for an MCP JSON-RPC tools/call
+# POST (the gateway parses the body). See "gateway/" in bench/README.md.
+#
+# Env knobs:
+#   BENCH_CONNS=32 BENCH_THREADS=2 BENCH_DURATION=10   wrk load, same for every run (seconds)
+#   BENCH_WARMUP=2          seconds of discarded wrk warm-up before each measured run (0 = none)
+#   BENCH_POST=1            0 = GET runs only
+#   BENCH_SKIP_BUILD=0      1 = do not build (the release binaries must exist)
+#   BENCH_OUT=...           JSON output (default bench/results/gateway.json)
+#   BENCH_KEEP_WORK=0       1 = keep the scratch dir (logs, data dir) after exit
+#   BENCH_SCRATCH=...       parent of the scratch dir (default bench/results; /dev/shm = no real fsync)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+LIB="$REPO/bench/token-throughput/benchlib.py" # freeport, wait-ready, parse-wrk
+
+CONNS="${BENCH_CONNS:-32}"
+THREADS="${BENCH_THREADS:-2}"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+POST="${BENCH_POST:-1}"
+OUT="${BENCH_OUT:-$REPO/bench/results/gateway.json}"
+SCOPE="tools:call"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+fail() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+[[ "$CONNS" =~ ^[0-9]+$ && "$THREADS" =~ ^[0-9]+$ && "$THREADS" -ge 1 && "$CONNS" -ge "$THREADS" ]] \
+  || fail "BENCH_CONNS and BENCH_THREADS must be positive integers, CONNS >= THREADS"
+[[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || fail "BENCH_DURATION must be a whole number of seconds >= 1"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || fail "BENCH_WARMUP must be a whole number of seconds"
+if ! command -v wrk >/dev/null; then
+  command -v apt-get >/dev/null || fail "wrk not found; install it"
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  log "installing wrk (apt-get)"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk; } >&2 \
+    || fail "apt-get install wrk failed"
+fi
+command -v curl >/dev/null || fail "curl not found"
+
+# ---- build ------------------------------------------------------------------------------
+cd "$REPO"
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+MANDATE="$TARGET/release/mandate"
+UPSTREAM_BIN="$TARGET/release/bench-upstream"
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  log "building release binaries (minutes on a cold machine)"
+  cargo build --release -q -p mandate -p mandate-bench-upstream || fail "cargo build --release failed"
+fi
+[[ -x "$MANDATE" && -x "$UPSTREAM_BIN" ]] || fail "missing $MANDATE or $UPSTREAM_BIN"
+
+# ---- processes: each one is stopped on exit ---------------------------------------------
+mkdir -p "$REPO/bench/results"
+# On the repo's filesystem, not a tmpfs, so the durable audit writes really reach the disk.
+# BENCH_SCRATCH=/dev/shm puts it on a tmpfs instead: a diagnostic that takes the fsync out.
+SCRATCH="${BENCH_SCRATCH:-$REPO/bench/results}"
+WORK="$(mktemp -d "$SCRATCH/.gateway.XXXXXX")"
+PIDS=()
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ "${BENCH_KEEP_WORK:-0}" == 1 || $rc -ne 0 ]]; then log "scratch dir kept: $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Mandate refuses unknown MANDATE_* variables: run it without the caller's. Tokens live an hour,
+# so one token lasts the whole run.
+UNSET=()
+for name in $(env | awk -F= '/^MANDATE_/ {print $1}'); do UNSET+=(-u "$name"); done
+MANDATE_ENV=(env "${UNSET[@]}" MANDATE_LOG=warn MANDATE_ACCESS_TOKEN_TTL_SECS=3600)
+mandate_env() { "${MANDATE_ENV[@]}" "$@"; }
+DATA="$WORK/data"
+cli() { mandate_env "$MANDATE" --data-dir "$DATA" "$@" 2>>"$WORK/cli.err"; }
+
+# start_bg LOGFILE CMD... : `env` execs CMD, so $! is the process itself (not a subshell).
+start_bg() {
+  local logf="$1"; shift
+  "${MANDATE_ENV[@]}" "$@" >"$logf" 2>&1 </dev/null &
+  PIDS+=("$!")
+}
+wait_line() { # FILE TEXT WHAT
+  local i
+  for i in $(seq 1 400); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  cat "$1" >&2
+  fail "$3 did not start"
+}
+
+UP_PORT="$(python3 "$LIB" freeport)"
+SRV_PORT="$(python3 "$LIB" freeport)"
+GW_PORT="$(python3 "$LIB" freeport)"
+UPSTREAM="http://127.0.0.1:$UP_PORT"
+SERVER="http://127.0.0.1:$SRV_PORT"
+GATEWAY="http://127.0.0.1:$GW_PORT"
+RESOURCE="$GATEWAY/mcp"
+
+log "starting the upstream ($UPSTREAM), mandate serve ($SERVER)"
+start_bg "$WORK/upstream.log" "$UPSTREAM_BIN" "127.0.0.1:$UP_PORT"
+wait_line "$WORK/upstream.log" "listening on" "bench-upstream"
+start_bg "$WORK/serve.log" "$MANDATE" --data-dir "$DATA" serve --listen "127.0.0.1:$SRV_PORT"
+wait_line "$WORK/serve.log" "audit key:" "mandate serve"
+python3 "$LIB" wait-ready "$SERVER/healthz" --timeout 30 >/dev/null || fail "mandate serve not healthy"
+
+cli owner create bench >/dev/null
+cli resource create "$RESOURCE" --scope "$SCOPE" >/dev/null
+cli agent create bench-agent --owner bench --scope "$SCOPE" >/dev/null
+CLIENT_JSON="$(cli --json client create --agent bench-agent)" || fail "client create failed: $(cat "$WORK/cli.err")"
+
+log "starting mandate gateway ($GATEWAY -> $UPSTREAM)"
+start_bg "$WORK/gateway.log" "$MANDATE" --data-dir "$DATA" gateway --listen "127.0.0.1:$GW_PORT" \
+  --upstream "$UPSTREAM" --resource "$RESOURCE" --scopes "$SCOPE" --issuer "$SERVER"
+wait_line "$WORK/gateway.log" "Mandate gateway listening on" "mandate gateway"
+
+# ---- one access token (client_credentials, resource = the gateway) -----------------------
+TOKEN="$(python3 - "$CLIENT_JSON" "$SERVER/oauth2/token" "$RESOURCE" "$SCOPE" <<'PY'
+import base64, json, sys, urllib.parse, urllib.request
+client, url, resource, scope = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+q = lambda s: urllib.parse.quote(s, safe="")
+basic = base64.b64encode(f"{q(client['client_id'])}:{q(client['client_secret'])}".encode()).decode()
+body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource, "scope": scope}).encode()
+req = urllib.request.Request(url, data=body, headers={"Authorization": "Basic " + basic})
+answer = json.load(urllib.request.urlopen(req, timeout=10))
+if answer.get("expires_in", 0) < 600:
+    sys.exit(f"token lifetime {answer.get('expires_in')} s is too short for the run")
+print(answer["access_token"])
+PY
+)" || fail "could not get an access token"
+
+# ---- sanity: same body both ways, the token is needed, the MCP POST passes ----------------
+direct_body="$(curl -sf "$UPSTREAM/mcp")" || fail "upstream GET failed"
+gw_body="$(curl -sf -H "Authorization: Bearer $TOKEN" "$RESOURCE")" || fail "gateway GET with the token failed"
+[[ "$direct_body" == "$gw_body" ]] || fail "gateway answered '$gw_body', upstream '$direct_body'"
+no_token="$(curl -s -o /dev/null -w '%{http_code}' "$RESOURCE")"
+[[ "$no_token" == 401 ]] || fail "gateway without a token answered $no_token, expected 401"
+post_status="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":40}}}' "$RESOURCE")"
+[[ "$post_status" == 200 ]] || fail "gateway tools/call POST answered $post_status"
+log "sanity OK: same body direct and via the gateway; no token -> 401"
+
+# ---- load ---------------------------------------------------------------------------------
+# run_wrk NAME URL [wrk args...] : warm-up, then the measured run; parsed JSON in $WORK/NAME.json
+run_wrk() {
+  local name="$1" url="$2"; shift 2
+  if [[ "$WARMUP" -gt 0 ]]; then
+    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$@" "$url" >"$WORK/$name-warmup.txt" 2>&1 \
+      || fail "$name: wrk warm-up failed: $(cat "$WORK/$name-warmup.txt")"
+  fi
+  log "$name: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency $url"
+  local before after
+  before="$(cpu_ticks)"
+  timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" >"$WORK/$name.txt" 2>&1 \
+    || fail "$name: wrk failed: $(cat "$WORK/$name.txt")"
+  after="$(cpu_ticks)"
+  python3 "$LIB" parse-wrk "$WORK/$name.txt" >"$WORK/$name.json" || fail "$name: cannot parse the wrk output"
+  printf '%s\n%s\n' "$before" "$after" >"$WORK/$name.cpu"
+}
+# cpu_ticks: "upstream server gateway" CPU time (user+system, clock ticks) so far
+cpu_ticks() {
+  local pid out=""
+  for pid in "${PIDS[@]}"; do out+="$(awk '{print $14 + $15}' "/proc/$pid/stat") "; done
+  echo "$out"
+}
+
+AUTH=(-H "Authorization: Bearer $TOKEN")
+run_wrk get-direct "$UPSTREAM/mcp"
+run_wrk get-gateway "$RESOURCE" "${AUTH[@]}"
+if [[ "$POST" == 1 ]]; then
+  run_wrk post-direct "$UPSTREAM/mcp" -s "$HERE/post.lua"
+  run_wrk post-gateway "$RESOURCE" -s "$HERE/post.lua" "${AUTH[@]}"
+fi
+for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || fail "a process (pid $pid) died during the run"; done
+
+# ---- report -------------------------------------------------------------------------------
+REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 - "$WORK" "$OUT" "$THREADS" "$CONNS" "$DURATION" "$WARMUP" "$REV" "$SCRATCH" <<'PY'
+import json, os, sys
+work, out, threads, conns, duration, warmup, rev, scratch = sys.argv[1:]
+RATIO_MIN, ADDED_P99_MAX_MS = 0.60, 1.0
+runs = {}
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+for name in ("get-direct", "get-gateway", "post-direct", "post-gateway"):
+    path = os.path.join(work, name + ".json")
+    if os.path.exists(path):
+        runs[name] = r = json.load(open(path))
+        before, after = (list(map(int, line.split())) for line in open(os.path.join(work, name + ".cpu")))
+        # CPU each of our processes spent per request of this run, in microseconds.
+        r["cpu_us_per_request"] = {
+            proc: round((a - b) * TICK_S * 1e6 / r["requests"], 1) if r["requests"] else None
+            for proc, b, a in zip(("upstream", "server", "gateway"), before, after)
+        }
+
+def compare(kind):
+    d, g = runs.get(f"{kind}-direct"), runs.get(f"{kind}-gateway")
+    if not d or not g:
+        return None
+    valid = d["valid"] and g["valid"] and d["non_2xx"] == 0 and g["non_2xx"] == 0
+    ratio = round(g["ok_rps"] / d["ok_rps"], 3) if d["ok_rps"] else None
+    added_p99 = round(g["latency_ms"]["p99"] - d["latency_ms"]["p99"], 3)
+    added_p50 = round(g["latency_ms"]["p50"] - d["latency_ms"]["p50"], 3)
+    return {"valid": valid, "ratio": ratio, "added_p50_ms": added_p50, "added_p99_ms": added_p99,
+            "ratio_pass": ratio is not None and ratio >= RATIO_MIN, "added_p99_pass": added_p99 < ADDED_P99_MAX_MS}
+
+result = {
+    "config": {"threads": int(threads), "connections": int(conns), "duration_s": int(duration),
+               "warmup_s": int(warmup), "cpus": os.cpu_count(), "rev": rev, "scratch": scratch},
+    "targets": {"throughput_ratio_min": RATIO_MIN, "added_p99_ms_max": ADDED_P99_MAX_MS},
+    "runs": runs,
+    "comparisons": {k: c for k in ("get", "post") if (c := compare(k))},
+}
+os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+
+print()
+print("mandate gateway overhead: upstream called directly vs through the gateway")
+print(f"wrk: {threads} threads, {conns} connections, {duration} s (+{warmup} s warm-up) per run, "
+      f"{os.cpu_count()} CPUs shared by wrk, upstream, gateway and server")
+print(f"data dir (durable audit, SQLite synchronous=FULL) under {scratch}")
+print()
+hdr = (f"{'run':<14} {'req/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8}"
+       f" {'CPU us/req: upstream':>21} {'gateway':>8}")
+print(hdr)
+print("-" * len(hdr))
+for name, r in runs.items():
+    lat = r["latency_ms"]
+    print(f"{name:<14} {r['ok_rps']:>10.1f} {lat['p50']:>8.3f} {lat.get('p90', float('nan')):>8.3f} "
+          f"{lat['p99']:>8.3f} {r['non_2xx']:>8} {sum(r['socket_errors'].values()):>8}"
+          f" {r['cpu_us_per_request']['upstream']:>21.1f} {r['cpu_us_per_request']['gateway']:>8.1f}")
+print()
+for kind, c in result["comparisons"].items():
+    label = "GET" if kind == "get" else "POST tools/call"
+    note = "" if c["valid"] else "  (INVALID: errors in a run)"
+    print(f"{label}: throughput gateway/direct = {c['ratio']:.2f} "
+          f"[{'PASS' if c['ratio_pass'] else 'FAIL'}, target >= {RATIO_MIN}]; "
+          f"added p99 = {c['added_p99_ms']:.3f} ms "
+          f"[{'PASS' if c['added_p99_pass'] else 'FAIL'}, target < {ADDED_P99_MAX_MS} ms]; "
+          f"added p50 = {c['added_p50_ms']:.3f} ms{note}")
+print()
+print(f"results written to {out}")
+PY
