@@ -205,7 +205,7 @@ fn text(doc: &Map<String, Value>, name: &str) -> Result<Option<String>, Metadata
 /// The descriptive fields Mandate keeps, each checked for its shape.
 fn descriptive(doc: &Map<String, Value>) -> Result<Map<String, Value>, MetadataError> {
     let mut kept = Map::new();
-    for name in ["client_uri", "logo_uri", "tos_uri", "policy_uri"] {
+    for name in ["client_uri", "logo_uri", "tos_uri", "policy_uri", "backchannel_logout_uri"] {
         if let Some(value) = doc.get(name) {
             let uri = value.as_str().ok_or_else(|| invalid(format!("{name} must be a string")))?;
             check_web_url(uri).map_err(|why| invalid(format!("{name} {why}")))?;
@@ -240,7 +240,7 @@ fn descriptive(doc: &Map<String, Value>) -> Result<Map<String, Value>, MetadataE
 }
 
 /// Links shown to people: https, or http to a loopback host (local development).
-fn check_web_url(raw: &str) -> Result<(), String> {
+pub(crate) fn check_web_url(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_URI_BYTES {
         return Err(format!("may have at most {MAX_URI_BYTES} bytes"));
     }
@@ -480,6 +480,7 @@ mod tests {
         assert!(refused("client_uri", json!("javascript:alert(1)")));
         assert!(refused("logo_uri", json!("http://app.example/logo.png")));
         assert!(refused("tos_uri", json!(5)));
+        assert!(refused("backchannel_logout_uri", json!("http://app.example/logout")));
         assert!(refused("scope", json!("bad\"scope")));
         assert!(refused("contacts", json!("ops@app.example")));
         assert!(refused("contacts", json!(vec!["a@b.example"; MAX_CONTACTS + 1])));

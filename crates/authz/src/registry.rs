@@ -46,6 +46,8 @@ pub struct NewClient {
     /// client with redirect URIs also gets authorization_code and refresh_token.
     pub grant_types: Vec<String>,
     pub client_name: Option<String>,
+    /// OpenID Connect Back-Channel Logout: where logout tokens for this client are posted.
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// Grants an agent's client may use unless registered otherwise.
@@ -164,6 +166,13 @@ fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedCli
         check_redirect_uri(uri).map_err(invalid)?;
     }
     let grant_types = client_grants(agent.is_some(), auth_method, &new.redirect_uris, new.grant_types)?;
+    let metadata = match new.backchannel_logout_uri {
+        Some(uri) => {
+            crate::register::check_web_url(&uri).map_err(|why| invalid(format!("backchannel_logout_uri {why}")))?;
+            Some(serde_json::json!({"backchannel_logout_uri": uri}).to_string())
+        }
+        None => None,
+    };
     let client = Client {
         client_id,
         agent,
@@ -174,7 +183,7 @@ fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedCli
         redirect_uris: new.redirect_uris,
         grant_types,
         client_name: new.client_name,
-        metadata: None,
+        metadata,
         created_at_ms: authz.clock.now_ms(),
     };
     Ok((Mutation::CreateClient(client.clone()), CreatedClient { client, secret }))
@@ -313,8 +322,15 @@ pub async fn delete(authz: &Authz, kind: RecordKind, key: &str, correlation_id: 
         .with_detail(format!("{} {key} was deleted", kind.as_str()));
     event.owner = (kind == RecordKind::Owner).then(|| key.clone());
     event.client = (kind == RecordKind::Client).then(|| key.clone());
-    let revoke = Mutation::RevokeBefore { kind: epoch_kind, name: key, not_before_secs: authz.clock.now_secs() };
-    change(authz, event, Ok((revoke, ()))).await
+    let now = authz.clock.now_secs();
+    let revoke = Mutation::RevokeBefore { kind: epoch_kind, name: key.clone(), not_before_secs: now };
+    let spiffe_id = authz.config.trust_domain.agent_id_str(&key);
+    let signals = crate::ssf::events::deletion_signals(kind, &key, &spiffe_id, now, correlation_id);
+    let prepared = crate::ssf::with_signals(authz, revoke, &signals)
+        .await
+        .map(|mutation| (mutation, ()))
+        .map_err(|e| RegistryError::Unavailable(e.description));
+    change(authz, event, prepared).await
 }
 
 /// Creates a workload identity federation rule (see `crate::federation` for what is checked).

@@ -428,4 +428,28 @@ mod tests {
         let rs_header = rsa_signed(&pair, &json!({"alg": "RS256", "kid": es.kid(), "typ": "at+jwt"}), &claims());
         assert_eq!(verify_jwt(&rs_header, &ec_keys, &opts(150)), Err(JwtError::AlgorithmMismatch));
     }
+
+    #[test]
+    fn security_event_tokens_carry_no_exp_or_sub_and_are_otherwise_checked_like_jwts() {
+        crate::init().unwrap();
+        let key = SigningKey::generate(Alg::EdDSA).unwrap();
+        let keys = [key.public().clone()];
+        let mut o = opts(150);
+        o.typ = &["secevent+jwt"];
+        let set = json!({"iss": "https://as.example", "aud": "https://api.example", "iat": 100, "jti": "j",
+            "sub_id": {"format": "opaque", "id": "x"}, "events": {}});
+        let token = sign_jwt(&key, "secevent+jwt", &set).unwrap();
+        assert_eq!(verify_set(&token, &keys, &o).unwrap()["jti"], "j");
+        for (member, value) in [("exp", json!(200)), ("sub", json!("s"))] {
+            let mut bad = set.clone();
+            bad[member] = value;
+            let token = sign_jwt(&key, "secevent+jwt", &bad).unwrap();
+            assert!(matches!(verify_set(&token, &keys, &o), Err(JwtError::Malformed(_))), "{member}");
+        }
+        let typed_jwt = sign_jwt(&key, "JWT", &set).unwrap();
+        assert!(matches!(verify_set(&typed_jwt, &keys, &o), Err(JwtError::WrongType { .. })));
+        let mut o2 = o.clone();
+        o2.audience = &["https://elsewhere"];
+        assert!(matches!(verify_set(&token, &keys, &o2), Err(JwtError::WrongAudience(_))));
+    }
 }

@@ -99,6 +99,9 @@ pub enum ClientCmd {
         /// Allow this client (a resource server) to introspect other clients' tokens.
         #[arg(long)]
         introspect: bool,
+        /// Where OpenID Connect back-channel logout tokens for this client are posted.
+        #[arg(long)]
+        backchannel_logout_uri: Option<String>,
     },
     List,
     Delete {
@@ -207,7 +210,17 @@ pub async fn agent(authz: &Authz, cmd: AgentCmd, out: &Output) -> anyhow::Result
 
 pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
-        ClientCmd::Create { agent, auth, redirect_uris, grant_types, name, jwks, id, introspect } => {
+        ClientCmd::Create {
+            agent,
+            auth,
+            redirect_uris,
+            grant_types,
+            name,
+            jwks,
+            id,
+            introspect,
+            backchannel_logout_uri,
+        } => {
             let jwks = match jwks {
                 Some(path) => {
                     Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
@@ -223,6 +236,7 @@ pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Resu
                 redirect_uris,
                 grant_types,
                 client_name: name,
+                backchannel_logout_uri,
             };
             let made = registry::create_client(authz, new, &correlation()).await?;
             let shown = json!({

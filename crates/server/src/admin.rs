@@ -213,6 +213,7 @@ pub(crate) struct ClientBody {
     jwks: Option<Value>,
     #[serde(default)]
     can_introspect: bool,
+    backchannel_logout_uri: Option<String>,
 }
 
 fn default_auth_method() -> String {
@@ -237,6 +238,7 @@ async fn create_client(admin: Admin, State(s): State<AppState>, Json(body): Json
         redirect_uris: body.redirect_uris,
         grant_types: body.grant_types,
         client_name: body.client_name,
+        backchannel_logout_uri: body.backchannel_logout_uri,
     };
     let made = registry::create_client(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
     let mut out = serde_json::to_value(&made.client).unwrap_or_default();

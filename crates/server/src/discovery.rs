@@ -24,6 +24,8 @@ fn metadata(state: &AppState) -> Value {
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": false,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": [
             "client_credentials",

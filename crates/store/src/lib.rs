@@ -19,7 +19,7 @@ use mandate_core::{
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use ssf::{SsfEvent, SsfMutation, SsfStream};
+pub use ssf::{LogoutEvent, SsfEvent, SsfMutation, SsfStream};
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ssf_streams(&self) -> Result<Vec<SsfStream>>;
     /// Up to `limit` queued events of a stream, oldest first.
     async fn ssf_events(&self, stream_id: &str, limit: i64) -> Result<Vec<SsfEvent>>;
+    /// Up to `limit` queued back-channel logout tokens, oldest first.
+    async fn logout_events(&self, limit: i64) -> Result<Vec<LogoutEvent>>;
 
     /// Drops revocation and replay entries whose tokens expired before `now_secs`.
     async fn purge_expired(&self, now_secs: i64) -> Result<u64>;

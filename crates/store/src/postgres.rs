@@ -330,6 +330,10 @@ impl Store for PostgresStore {
         self.query_all(crate::ssf::EVENTS, &[&stream_id, &limit], crate::ssf::event).await
     }
 
+    async fn logout_events(&self, limit: i64) -> Result<Vec<crate::LogoutEvent>> {
+        self.query_all(crate::ssf::LOGOUTS, &[&limit], crate::ssf::logout).await
+    }
+
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let tokens = self.execute(write::PURGE_REVOKED, &[&now_secs]).await?;
         let once = self.execute(write::PURGE_USED_ONCE, &[&now_secs]).await?;

@@ -279,6 +279,10 @@ impl Store for SqliteStore {
         self.read(|c| query_all(c, crate::ssf::EVENTS, params![stream_id, limit], crate::ssf::event))
     }
 
+    async fn logout_events(&self, limit: i64) -> Result<Vec<crate::LogoutEvent>> {
+        self.read(|c| query_all(c, crate::ssf::LOGOUTS, [limit], crate::ssf::logout))
+    }
+
     async fn purge_expired(&self, now_secs: i64) -> Result<u64> {
         let conn = self.inner.writer.lock();
         let a = conn.prepare_cached(write::PURGE_REVOKED)?.execute([now_secs])?;

@@ -33,6 +33,20 @@ pub struct SsfEvent {
     pub next_attempt_ms: i64,
 }
 
+/// An OpenID Connect Back-Channel Logout token waiting for its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutEvent {
+    pub jti: String,
+    pub client_id: String,
+    /// The client's `backchannel_logout_uri` when the token was queued.
+    pub endpoint_url: String,
+    /// The logout token's claims as JSON; `iss`, `iat` and `exp` are set when it is signed.
+    pub claims: String,
+    pub created_at_ms: i64,
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
+}
+
 /// State changes of the transmitter; each is a [`crate::Mutation::Ssf`].
 #[derive(Debug, Clone)]
 pub enum SsfMutation {
@@ -54,12 +68,35 @@ pub enum SsfMutation {
         attempts: i64,
         next_attempt_ms: i64,
     },
+    EnqueueLogout(LogoutEvent),
+    /// Remove a delivered (or abandoned) logout token; an unknown one is no error.
+    DropLogout(String),
+    RetryLogout {
+        jti: String,
+        attempts: i64,
+        next_attempt_ms: i64,
+    },
 }
 
 pub(crate) const STREAMS: &str =
     "SELECT stream_id, client_id, config, status, created_at_ms FROM ssf_streams ORDER BY created_at_ms, stream_id";
 pub(crate) const EVENTS: &str = "SELECT stream_id, jti, claims, created_at_ms, attempts, next_attempt_ms \
     FROM ssf_events WHERE stream_id = $1 ORDER BY created_at_ms, jti LIMIT $2";
+
+pub(crate) const LOGOUTS: &str = "SELECT jti, client_id, endpoint_url, claims, created_at_ms, attempts, \
+    next_attempt_ms FROM logout_outbox ORDER BY created_at_ms, jti LIMIT $1";
+
+pub(crate) fn logout(row: &dyn Columns) -> Result<LogoutEvent> {
+    Ok(LogoutEvent {
+        jti: row.text(0)?,
+        client_id: row.text(1)?,
+        endpoint_url: row.text(2)?,
+        claims: row.text(3)?,
+        created_at_ms: row.int(4)?,
+        attempts: row.int(5)?,
+        next_attempt_ms: row.int(6)?,
+    })
+}
 
 pub(crate) fn stream(row: &dyn Columns) -> Result<SsfStream> {
     Ok(SsfStream {
@@ -122,6 +159,29 @@ pub(crate) fn step(mutation: &SsfMutation) -> Step<'_> {
             "UPDATE ssf_events SET attempts = $1, next_attempt_ms = $2 WHERE stream_id = $3 AND jti = $4",
             format!("event {jti} of stream {stream_id}"),
             vec![Int(*attempts), Int(*next_attempt_ms), Text(stream_id), Text(jti)],
+        ),
+        SsfMutation::EnqueueLogout(l) => Step::insert(
+            "INSERT INTO logout_outbox (jti, client_id, endpoint_url, claims, created_at_ms, attempts, \
+             next_attempt_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            format!("logout token {}", l.jti),
+            vec![
+                Text(&l.jti),
+                Text(&l.client_id),
+                Text(&l.endpoint_url),
+                Text(&l.claims),
+                Int(l.created_at_ms),
+                Int(l.attempts),
+                Int(l.next_attempt_ms),
+            ],
+        ),
+        // Insert-kind, like `Drop`: a token already gone is not a refusal.
+        SsfMutation::DropLogout(jti) => {
+            Step::insert("DELETE FROM logout_outbox WHERE jti = $1", format!("logout token {jti}"), vec![Text(jti)])
+        }
+        SsfMutation::RetryLogout { jti, attempts, next_attempt_ms } => Step::update(
+            "UPDATE logout_outbox SET attempts = $1, next_attempt_ms = $2 WHERE jti = $3",
+            format!("logout token {jti}"),
+            vec![Int(*attempts), Int(*next_attempt_ms), Text(jti)],
         ),
     }
 }

@@ -488,6 +488,100 @@ pub async fn audit_tiles_round_trip(store: Arc<dyn Store>) {
     assert!(store.audit_tiles(16, 0, 10).await.unwrap().is_empty());
 }
 
+pub async fn ssf_streams_and_outbox(store: Arc<dyn Store>) {
+    let stream = |id: &str| SsfStream {
+        stream_id: id.into(),
+        client_id: Some("c1".into()),
+        config: "{}".into(),
+        status: "enabled".into(),
+        created_at_ms: 1,
+    };
+    let event = |jti: &str, at: i64| SsfEvent {
+        stream_id: "s1".into(),
+        jti: jti.into(),
+        claims: "{}".into(),
+        created_at_ms: at,
+        attempts: 0,
+        next_attempt_ms: at,
+    };
+    let ssf = |m: SsfMutation| Some(Mutation::Ssf(m));
+    let out = commit(
+        &store,
+        vec![
+            job(ssf(SsfMutation::CreateStream(stream("s1"))), "create"),
+            job(ssf(SsfMutation::CreateStream(stream("s1"))), "again"),
+            job(ssf(SsfMutation::Enqueue(event("b", 2))), "enqueue"),
+            job(ssf(SsfMutation::Enqueue(event("a", 3))), "enqueue"),
+        ],
+    )
+    .await;
+    assert!(matches!(out[1].result, Err(MutationError::Conflict(_))));
+    assert_eq!(store.ssf_streams().await.unwrap(), vec![stream("s1")]);
+    let queued = store.ssf_events("s1", 10).await.unwrap();
+    assert_eq!(queued.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(), ["b", "a"], "oldest first");
+    assert_eq!(store.ssf_events("s1", 1).await.unwrap().len(), 1);
+
+    let retry = SsfMutation::Retry { stream_id: "s1".into(), jti: "b".into(), attempts: 1, next_attempt_ms: 99 };
+    let gone = SsfMutation::Retry { stream_id: "s1".into(), jti: "zz".into(), attempts: 1, next_attempt_ms: 99 };
+    let drop = |jti: &str| SsfMutation::Drop { stream_id: "s1".into(), jti: jti.into() };
+    let out = commit(
+        &store,
+        vec![job(ssf(retry), "retry"), job(ssf(gone), "retry"), job(ssf(drop("a")), "ack"), job(ssf(drop("a")), "ack")],
+    )
+    .await;
+    assert!(out[0].result.is_ok());
+    assert!(matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert!(out[2].result.is_ok() && out[3].result.is_ok(), "acknowledging twice is no error");
+    let queued = store.ssf_events("s1", 10).await.unwrap();
+    assert_eq!((queued.len(), queued[0].attempts, queued[0].next_attempt_ms), (1, 1, 99));
+
+    let mut paused = stream("s1");
+    paused.status = "paused".into();
+    let out = commit(
+        &store,
+        vec![
+            job(ssf(SsfMutation::UpdateStream(paused.clone())), "pause"),
+            job(ssf(SsfMutation::UpdateStream(stream("nope"))), "pause"),
+        ],
+    )
+    .await;
+    assert!(out[0].result.is_ok() && matches!(out[1].result, Err(MutationError::NotFound(_))));
+    assert_eq!(store.ssf_streams().await.unwrap(), vec![paused]);
+    let out = commit(&store, vec![job(ssf(SsfMutation::DeleteStream("s1".into())), "delete")]).await;
+    assert!(out[0].result.is_ok());
+    assert!(store.ssf_streams().await.unwrap().is_empty());
+    assert!(store.ssf_events("s1", 10).await.unwrap().is_empty(), "a stream's outbox goes with it");
+
+    let logout = LogoutEvent {
+        jti: "l1".into(),
+        client_id: "c1".into(),
+        endpoint_url: "https://app.example/logout".into(),
+        claims: "{}".into(),
+        created_at_ms: 5,
+        attempts: 0,
+        next_attempt_ms: 5,
+    };
+    let retry = SsfMutation::RetryLogout { jti: "l1".into(), attempts: 2, next_attempt_ms: 50 };
+    let out =
+        commit(&store, vec![job(ssf(SsfMutation::EnqueueLogout(logout.clone())), "q"), job(ssf(retry), "r")]).await;
+    assert!(out.iter().all(|o| o.result.is_ok()));
+    let expected = LogoutEvent { attempts: 2, next_attempt_ms: 50, ..logout };
+    assert_eq!(store.logout_events(10).await.unwrap(), vec![expected]);
+    let gone = SsfMutation::RetryLogout { jti: "zz".into(), attempts: 1, next_attempt_ms: 1 };
+    let out = commit(
+        &store,
+        vec![
+            job(ssf(gone), "r"),
+            job(ssf(SsfMutation::DropLogout("l1".into())), "d"),
+            job(ssf(SsfMutation::DropLogout("l1".into())), "d"),
+        ],
+    )
+    .await;
+    assert!(matches!(out[0].result, Err(MutationError::NotFound(_))));
+    assert!(out[1].result.is_ok() && out[2].result.is_ok());
+    assert!(store.logout_events(10).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -495,7 +589,8 @@ macro_rules! suite {
             suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
                 revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
-                workload_identity_records, delegation_records, audit_tiles_round_trip);
+                workload_identity_records, delegation_records, audit_tiles_round_trip,
+                ssf_streams_and_outbox);
         }
     };
     (@tests $make:path; $($name:ident),*) => {

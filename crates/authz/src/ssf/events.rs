@@ -7,7 +7,8 @@ use mandate_store::{Mutation, SsfEvent, SsfMutation};
 use serde_json::{Value, json};
 
 use super::streams::{Status, StreamConfig};
-use super::{SESSION_REVOKED, SET_TYP};
+use super::{CREDENTIAL_CHANGE, SESSION_REVOKED, SET_TYP};
+use crate::registry::RecordKind;
 use crate::{Authz, new_jti, store_failure};
 
 /// Whose tokens an event is about. Agents are named by their SPIFFE ID (a simple `uri`
@@ -63,11 +64,47 @@ impl<'a> Signal<'a> {
     }
 }
 
+/// What deleting a registry record tells receivers: its tokens' sessions are revoked, and a
+/// deleted client's credential is gone (CAEP `credential-change`, `change_type: delete`; the
+/// closest CAEP `credential_type` for an application's own credential is `app`).
+/// `spiffe_id` names the agent when `kind` is one.
+pub fn deletion_signals<'a>(
+    kind: RecordKind,
+    key: &'a str,
+    spiffe_id: &'a str,
+    at: i64,
+    txn: &'a str,
+) -> Vec<Signal<'a>> {
+    let why = format!("{} {key} was deleted", kind.as_str());
+    let subject = match kind {
+        RecordKind::Owner => SignalSubject::Owner(key),
+        RecordKind::Agent => SignalSubject::Agent(spiffe_id),
+        RecordKind::Client => SignalSubject::Client(key),
+        RecordKind::Resource => return Vec::new(),
+    };
+    let mut signals = vec![Signal::session_revoked(subject, at, "admin", &why, txn)];
+    if kind == RecordKind::Client {
+        signals.push(Signal {
+            subject,
+            event_type: CREDENTIAL_CHANGE,
+            fields: json!({"credential_type": "app", "change_type": "delete", "friendly_name": key,
+                "initiating_entity": "admin", "reason_admin": {"en": why}}),
+            event_timestamp: at,
+            txn,
+        });
+    }
+    signals
+}
+
 /// `mutation` together with the outbox entries of `signals`, to commit as one.
 pub async fn with_signals(authz: &Authz, mutation: Mutation, signals: &[Signal<'_>]) -> Result<Mutation, OAuthError> {
     let mut all = vec![mutation];
     for signal in signals {
         all.extend(enqueue(authz, signal).await?);
+        // An owner's sessions ending is also an OpenID Connect back-channel logout.
+        if let (SignalSubject::Owner(owner), SESSION_REVOKED) = (signal.subject, signal.event_type) {
+            all.extend(super::logout::enqueue(authz, owner).await?);
+        }
     }
     Ok(if all.len() == 1 { all.remove(0) } else { Mutation::All(all) })
 }

@@ -27,6 +27,9 @@ pub async fn run(authz: Authz) {
         if let Err(e) = deliver_due(&authz).await {
             tracing::warn!(error = %e, "shared signals push delivery failed");
         }
+        if let Err(e) = super::logout::deliver_due(&authz).await {
+            tracing::warn!(error = %e, "back-channel logout delivery failed");
+        }
         tokio::time::sleep(PUSH_INTERVAL).await;
     }
 }
@@ -78,13 +81,15 @@ async fn deliver(authz: &Authz, config: &StreamConfig, queued: SsfEvent) -> Resu
             (retry, event.refused("retry", &format!("{detail}: {}", describe(&failed))), false)
         }
     };
-    authz.log.apply(mutation, event).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    Ok(accepted)
+    // A refused mutation (the stream was deleted meanwhile) is logged by the store as such;
+    // it is no reason to stop delivering to the other streams.
+    let applied = authz.log.apply(mutation, event).await.map_err(|e| e.to_string())?;
+    Ok(accepted && applied.is_ok())
 }
 
-fn describe(answer: &Result<u16, crate::jwks_fetch::FetchError>) -> String {
+pub(crate) fn describe(answer: &Result<u16, crate::jwks_fetch::FetchError>) -> String {
     match answer {
-        Ok(status) => format!("the receiver answered HTTP {status}, not 202"),
+        Ok(status) => format!("the receiver answered HTTP {status}"),
         Err(e) => format!("delivery failed: {e}"),
     }
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::{RESOURCE, Server, claims, header};
 
 const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const CREDENTIAL_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
 const POLL: &str = "urn:ietf:rfc:8936";
 const RS_AUD: &str = "https://rs.example.test";
 const INSECURE: (&str, &str) = ("MANDATE_ALLOW_INSECURE_FEDERATION", "true");
@@ -146,6 +147,35 @@ async fn revocations_queue_verifiable_sets_until_acknowledged() {
     let after = poll(&server, &stream, &[]).await;
     assert_eq!(after["sets"], json!({}), "{after}");
     assert_eq!(after["moreAvailable"], false);
+
+    // Deleting the client revokes its tokens and its credential.
+    let path = format!("/admin/api/v1/clients/{id}");
+    assert_eq!(call(&server, reqwest::Method::DELETE, &path, Auth::Admin, None).await.0, 204);
+    let (status, stream) = call(
+        &server,
+        reqwest::Method::PATCH,
+        "/ssf/streams",
+        Auth::Admin,
+        Some(json!({"stream_id": stream["stream_id"], "events_requested": [SESSION_REVOKED, CREDENTIAL_CHANGE]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{stream}");
+    let path = format!("/admin/api/v1/clients/{}", server.agent_with_client("set-bot-2", "client_secret_basic").0);
+    assert_eq!(call(&server, reqwest::Method::DELETE, &path, Auth::Admin, None).await.0, 204);
+    let answer = poll(&server, &stream, &[]).await;
+    let kinds: Vec<Value> = answer["sets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| {
+            let c = claims(s.as_str().unwrap());
+            json!([c["sub_id"]["application"]["format"], c["events"].as_object().unwrap().keys().next().unwrap()])
+        })
+        .collect();
+    // The first deletion came before credential-change was requested: only its session event.
+    assert_eq!(kinds.len(), 3, "{answer}");
+    assert_eq!(kinds.iter().filter(|k| k[1] == CREDENTIAL_CHANGE).count(), 1, "{kinds:?}");
+    assert!(kinds.iter().all(|k| k[0] == "opaque"), "{kinds:?}");
 }
 
 #[tokio::test]

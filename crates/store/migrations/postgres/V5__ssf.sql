@@ -22,3 +22,17 @@ CREATE TABLE ssf_events (
 );
 
 CREATE INDEX ssf_events_by_time ON ssf_events (stream_id, created_at_ms);
+
+-- OpenID Connect Back-Channel Logout tokens waiting for delivery to a client's
+-- `backchannel_logout_uri`; claims are signed at delivery, like the SETs above.
+CREATE TABLE logout_outbox (
+    jti             TEXT PRIMARY KEY,
+    client_id       TEXT NOT NULL,
+    endpoint_url    TEXT NOT NULL,
+    claims          TEXT NOT NULL,
+    created_at_ms   BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL
+);
+
+CREATE INDEX logout_outbox_by_time ON logout_outbox (created_at_ms);
