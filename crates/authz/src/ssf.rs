@@ -306,4 +306,21 @@ mod tests {
         assert!(left[0].next_attempt_ms > authz.clock.now_ms());
         assert_eq!(logout::deliver_due(&authz).await.unwrap(), 0, "not due yet");
     }
+
+    #[tokio::test]
+    async fn a_registered_logout_uri_must_be_https_or_loopback() {
+        let (authz, _dir) = authz().await;
+        let agent = crate::registry::NewAgent { name: "bot".into(), owner: "alice".into(), ..Default::default() };
+        crate::registry::create_agent(&authz, agent, "t").await.unwrap();
+        let client = |uri: &str| crate::registry::NewClient {
+            agent: Some("bot".into()),
+            auth_method: "client_secret_basic".into(),
+            backchannel_logout_uri: Some(uri.into()),
+            ..Default::default()
+        };
+        let refused = crate::registry::create_client(&authz, client("http://app.example/logout"), "t").await;
+        assert!(matches!(refused, Err(crate::registry::RegistryError::Invalid(_))));
+        let made = crate::registry::create_client(&authz, client("https://app.example/logout"), "t").await.unwrap();
+        assert_eq!(logout::logout_uri(&made.client).as_deref(), Some("https://app.example/logout"));
+    }
 }

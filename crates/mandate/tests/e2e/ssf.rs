@@ -283,6 +283,14 @@ async fn stream_management_checks_callers_and_configurations() {
     let (status, _) = call(&server, reqwest::Method::GET, &query, Auth::Client(&id, &secret), None).await;
     assert_eq!(status, 404);
 
+    // Back-channel logout: advertised, and a registered logout URI must be https (or loopback).
+    let oidc: Value =
+        server.http.get(server.url("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(oidc["backchannel_logout_supported"], true);
+    let bad = json!({"agent": "receiver-bot", "backchannel_logout_uri": "http://app.example/logout"});
+    let (status, answer) = call(&server, post.clone(), "/admin/api/v1/clients", Auth::Admin, Some(bad)).await;
+    assert_eq!(status, 400, "{answer}");
+
     let events = server.audit_events();
     let refused = |action: &str| events.iter().filter(|e| e["action"] == action && e["decision"] == "deny").count();
     assert!(refused("ssf.stream.create") >= 10, "every refusal is audited");
@@ -309,6 +317,9 @@ async fn push_delivers_to_a_receiver_and_retries_a_dead_one() {
     let (status, stream) = call(&server, reqwest::Method::POST, "/ssf/streams", Auth::Admin, Some(body)).await;
     assert_eq!(status, 201, "{stream}");
     assert!(stream["delivery"].get("authorization_header").is_none(), "the push credential is never shown");
+    let poll_path = format!("/ssf/poll/{}", stream["stream_id"].as_str().unwrap());
+    let (status, _) = call(&server, reqwest::Method::POST, &poll_path, Auth::Admin, Some(json!({}))).await;
+    assert_eq!(status, 400, "a push stream is not polled");
     // A second stream pushes to a port nobody listens on.
     let dead = format!("http://{}/events", crate::harness::free_address());
     let dead = json!({"events_requested": [SESSION_REVOKED], "aud": "https://dead.example",
