@@ -100,6 +100,14 @@ pub fn peek_typ(token: &str) -> Result<Option<String>, JwtError> {
 
 /// Verifies a JWT against `keys` and `opts`; returns its claims.
 pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
+    let claims = typed_signed_claims(token, keys, opts)?;
+    check_claims(&claims, opts)?;
+    Ok(claims)
+}
+
+/// Size, header (`crit`, `alg` allow-list, `typ`), key choice and signature: what every JWT of a
+/// known signer must pass before its claims are judged.
+fn typed_signed_claims(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
     if token.len() > MAX_JWT_BYTES {
         return Err(JwtError::TooLarge);
     }
@@ -110,25 +118,13 @@ pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> 
     let alg = allowed_alg(header.alg)?;
     check_typ(header.typ.as_deref(), opts)?;
     let key = select_key(keys, header.kid.as_deref(), alg)?;
-    let claims = signed_claims(token, key, alg)?;
-    check_claims(&claims, opts)?;
-    Ok(claims)
+    signed_claims(token, key, alg)
 }
 
 /// Verifies a Security Event Token (RFC 8417): like [`verify_jwt`], but the token must NOT carry
 /// `exp` (§2.2: a SET records that something happened; it grants nothing and does not expire).
 pub fn verify_set(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
-    if token.len() > MAX_JWT_BYTES {
-        return Err(JwtError::TooLarge);
-    }
-    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
-    if header.crit.is_some() {
-        return Err(JwtError::CriticalHeader);
-    }
-    let alg = allowed_alg(header.alg)?;
-    check_typ(header.typ.as_deref(), opts)?;
-    let key = select_key(keys, header.kid.as_deref(), alg)?;
-    let claims = signed_claims(token, key, alg)?;
+    let claims = typed_signed_claims(token, keys, opts)?;
     if !claims.is_object() || claims.get("exp").is_some() || claims.get("sub").is_some() {
         return Err(JwtError::Malformed("a security event token is an object without exp and sub".into()));
     }
