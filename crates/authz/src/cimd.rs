@@ -246,9 +246,8 @@ mod tests {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
-    use mandate_audit::CheckpointPolicy;
-    use mandate_core::{Clock, ManualClock, TrustDomain};
-    use mandate_crypto::{Alg, Kek, SigningKey};
+    use mandate_core::{ManualClock, TrustDomain};
+    use mandate_crypto::{Alg, SigningKey};
 
     use super::*;
     use crate::AuthzConfig;
@@ -257,18 +256,12 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     async fn authz(clock: &ManualClock, insecure: bool, enabled: bool) -> (Authz, tempfile::TempDir) {
-        mandate_crypto::init().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
-        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let config = AuthzConfig {
             allow_insecure_federation: insecure,
             client_id_metadata_documents: enabled,
             ..AuthzConfig::new("https://mandate.example", TrustDomain::parse("mandate.local").unwrap())
         };
-        let policy = CheckpointPolicy::default();
-        let authz = Authz::start(store, Kek::generate().unwrap().0, shared, config, policy, "t/audit").await.unwrap();
-        (authz, dir)
+        crate::test_support::started(config, Arc::new(clock.clone())).await
     }
 
     /// A loopback server for documents: `/doc/<name>` answers what `route` says, counted.

@@ -443,9 +443,7 @@ fn claim_str<'v>(claims: &'v Value, name: &str) -> Option<&'v str> {
 mod tests {
     use std::sync::Arc;
 
-    use mandate_audit::CheckpointPolicy;
-    use mandate_core::{ClientAuthMethod, Clock, ManualClock, TrustDomain};
-    use mandate_crypto::Kek;
+    use mandate_core::{ClientAuthMethod, ManualClock, TrustDomain};
     use zeroize::Zeroizing;
 
     use super::*;
@@ -472,16 +470,11 @@ mod tests {
     /// Mandate as an IdP: owner alice, agent assistant with a client_secret_basic client and a
     /// delegation target at AUDIENCE for REMOTE_RESOURCE (chat.read chat.history).
     async fn fixture() -> Fixture {
-        mandate_crypto::init().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at_ms(NOW * 1000));
         let config = AuthzConfig {
             key_publish_lead_secs: 0,
             ..AuthzConfig::new("https://idp.mandate.example", TrustDomain::parse("mandate.local").unwrap())
         };
-        let policy = CheckpointPolicy::default();
-        let authz = Authz::start(store, Kek::generate().unwrap().0, clock, config, policy, "t/audit").await.unwrap();
+        let (authz, dir) = crate::test_support::started(config, Arc::new(ManualClock::at_ms(NOW * 1000))).await;
         registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         let agent = NewAgent { name: "assistant".into(), owner: "alice".into(), ..Default::default() };
         registry::create_agent(&authz, agent, "t").await.unwrap();

@@ -21,6 +21,8 @@ pub mod register;
 pub mod registry;
 pub mod revoke;
 pub mod ssf;
+#[cfg(test)]
+mod test_support;
 pub mod token;
 pub mod trust;
 pub mod txn_token;

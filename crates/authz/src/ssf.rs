@@ -124,9 +124,7 @@ fn refused(e: &MutationError) -> SsfError {
 mod tests {
     use std::sync::Arc;
 
-    use mandate_audit::CheckpointPolicy;
-    use mandate_core::{Clock, ManualClock, TrustDomain};
-    use mandate_crypto::Kek;
+    use mandate_core::{ManualClock, TrustDomain};
     use mandate_store::EpochKind;
 
     use super::streams::{self, StreamRequest};
@@ -134,13 +132,8 @@ mod tests {
     use crate::{AuthzConfig, Caller};
 
     async fn authz() -> (Authz, tempfile::TempDir) {
-        mandate_crypto::init().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at_ms(1_800_000_000_000));
         let config = AuthzConfig::new("https://as.mandate.example", TrustDomain::parse("mandate.local").unwrap());
-        let policy = CheckpointPolicy::default();
-        let authz = Authz::start(store, Kek::generate().unwrap().0, clock, config, policy, "t/audit").await.unwrap();
+        let (authz, dir) = crate::test_support::started(config, Arc::new(ManualClock::at_ms(1_800_000_000_000))).await;
         crate::registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         (authz, dir)
     }

@@ -211,9 +211,8 @@ pub(crate) async fn trusted_idp(authz: &Authz, issuer: &str) -> Result<Option<Tr
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use mandate_audit::CheckpointPolicy;
-    use mandate_core::{Clock, ManualClock, TrustDomain};
-    use mandate_crypto::{Alg, Kek, SigningKey};
+    use mandate_core::{ManualClock, TrustDomain};
+    use mandate_crypto::{Alg, SigningKey};
     use serde_json::json;
 
     use super::*;
@@ -221,13 +220,8 @@ mod tests {
     use crate::registry::{self, NewAgent};
 
     async fn authz() -> (Authz, tempfile::TempDir) {
-        mandate_crypto::init().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at_ms(1_800_000_000_000));
         let config = AuthzConfig::new("https://idp.mandate.example", TrustDomain::parse("mandate.local").unwrap());
-        let policy = CheckpointPolicy::default();
-        let authz = Authz::start(store, Kek::generate().unwrap().0, clock, config, policy, "t/audit").await.unwrap();
+        let (authz, dir) = crate::test_support::started(config, Arc::new(ManualClock::at_ms(1_800_000_000_000))).await;
         registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         let agent = NewAgent { name: "assistant".into(), owner: "alice".into(), ..Default::default() };
         registry::create_agent(&authz, agent, "t").await.unwrap();
