@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use crate::client_auth::authenticate_workload;
 use crate::exchange::{GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, own_access_token};
 use crate::token::{Granted, OWNER_CLAIM, TokenRequest, TokenResponse, describe_client, required};
-use crate::{Authz, conclude};
+use crate::{Authz, audit_failure};
 
 pub const TOKEN_TYPE_TXN_TOKEN: &str = "urn:ietf:params:oauth:token-type:txn_token";
 pub const TOKEN_TYPE_REFRESH_TOKEN: &str = "urn:ietf:params:oauth:token-type:refresh_token";
@@ -44,6 +44,11 @@ pub struct MintRequest<'a> {
     pub request_details: Option<Value>,
     /// SPIFFE ID of the requesting workload → `req_wl`.
     pub workload: &'a str,
+    /// In process only: the access token's claims, already verified by a guard that trusts
+    /// exactly this server's keys and revocation state (signature, `typ`, issuer, expiry,
+    /// revocation, kill switch), so they are not verified again. The scope, `act` and expiry
+    /// rules still apply. Never set from a request's own input.
+    pub verified_claims: Option<&'a Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +64,28 @@ pub async fn mint(
     request: &MintRequest<'_>,
     correlation_id: &str,
 ) -> Result<MintedTxnToken, OAuthError> {
+    let Unrecorded { outcome, event } = mint_unrecorded(authz, request, correlation_id).await;
+    authz.log.record(event).await.map_err(audit_failure)?;
+    outcome
+}
+
+/// A mint's outcome with its `txn_token.issue` event (a refusal already marked as one), not yet
+/// recorded.
+#[derive(Debug)]
+pub struct Unrecorded {
+    pub outcome: Result<MintedTxnToken, OAuthError>,
+    pub event: AuditEvent,
+}
+
+/// [`mint`] without recording: the caller must record `event` durably before the token is used
+/// or the refusal answered. The gateway records it with its own `gateway.forward` event, so
+/// both share one group commit instead of waiting for two in a row.
+pub async fn mint_unrecorded(authz: &Authz, request: &MintRequest<'_>, correlation_id: &str) -> Unrecorded {
     let mut event = AuditEvent::allow(ACTION, correlation_id);
-    let outcome = issue(authz, request, &mut event).await.map(|issued| (issued.minted, None));
-    conclude(authz, event, outcome, |_| OAuthError::server_error("unexpected state change")).await
+    match issue(authz, request, &mut event).await {
+        Ok(issued) => Unrecorded { outcome: Ok(issued.minted), event },
+        Err(error) => Unrecorded { event: event.refused(error.code.as_str(), &error.description), outcome: Err(error) },
+    }
 }
 
 /// Whether a token request asks the Transaction Token Service.
@@ -94,6 +118,8 @@ pub(crate) async fn token_exchange(
         request_context: json_param(request.request_context.as_deref(), "request_context")?,
         request_details: json_param(request.request_details.as_deref(), "request_details")?,
         workload: &workload.spiffe_id,
+        // Over HTTP the subject token is always verified here.
+        verified_claims: None,
     };
     let issued = issue(authz, &mint, event).await?;
     let response = TokenResponse {
@@ -167,7 +193,10 @@ async fn issue(authz: &Authz, request: &MintRequest<'_>, event: &mut AuditEvent)
     let rctx = context_object(request.request_context.as_ref(), "request_context")?;
     let tctx = context_object(request.request_details.as_ref(), "request_details")?;
     let origin = match request.subject_token_type {
-        TOKEN_TYPE_ACCESS_TOKEN => from_access_token(authz, request.subject_token).await?,
+        TOKEN_TYPE_ACCESS_TOKEN => match request.verified_claims {
+            Some(claims) => access_token_origin(authz, claims)?,
+            None => from_access_token(authz, request.subject_token).await?,
+        },
         TOKEN_TYPE_TXN_TOKEN => from_txn_token(authz, request.subject_token)?,
         TOKEN_TYPE_REFRESH_TOKEN => {
             return Err(OAuthError::invalid_request("a refresh token cannot be the subject of a Txn-Token"));
@@ -304,6 +333,11 @@ fn unacceptable(why: impl std::fmt::Display) -> OAuthError {
 /// A live access token of this server (signature, expiry, revocation and kill switch checked).
 async fn from_access_token(authz: &Authz, token: &str) -> Result<Origin, OAuthError> {
     let claims = own_access_token(authz, token).await?.map_err(unacceptable)?;
+    access_token_origin(authz, &claims)
+}
+
+/// What a Txn-Token inherits from a verified access token's claims.
+fn access_token_origin(authz: &Authz, claims: &Value) -> Result<Origin, OAuthError> {
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
     let sub = text("sub").ok_or_else(|| unacceptable("it has no \"sub\""))?;
     let exp = claims.get("exp").and_then(Value::as_i64).ok_or_else(|| unacceptable("it has no \"exp\""))?;
@@ -312,7 +346,7 @@ async fn from_access_token(authz: &Authz, token: &str) -> Result<Origin, OAuthEr
         text("scope").and_then(|raw| ScopeSet::parse(&raw).ok()).filter(|s| !s.is_empty()).ok_or_else(|| {
             OAuthError::new(OAuthErrorCode::InvalidScope, "the subject token's scope cannot be determined")
         })?;
-    let act = actor(authz, &claims, &sub);
+    let act = actor(authz, claims, &sub);
     Ok(Origin { sub, act, owner: text(OWNER_CLAIM), scope, exp, replaced: None })
 }
 

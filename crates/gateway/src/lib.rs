@@ -10,5 +10,5 @@ mod proxy;
 
 pub use keys::KeyringKeys;
 pub use mcp::McpCall;
-pub use mint::{InProcessMinter, MintInput, Minted, TxnMinter};
+pub use mint::{InProcessMinter, MintInput, MintOutcome, Minted, TxnMinter};
 pub use proxy::{CoLocated, Gateway, GatewayConfig, GatewayError, MAX_JSON_BODY};

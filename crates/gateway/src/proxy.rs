@@ -17,12 +17,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mandate_audit::AuditLog;
+use mandate_audit::{AuditError, AuditLog};
 use mandate_authz::Authz;
 use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode, ScopeSet};
 use mandate_guard::{
-    BadResource, Guard, GuardConfig, Presented, Principal, Rejection, StoreRevocation, TXN_TOKEN_HEADER,
-    protected_resource_metadata,
+    BadResource, DEFAULT_VERIFIED_CAPACITY, Guard, GuardConfig, Presented, Principal, Rejection, StoreRevocation,
+    TXN_TOKEN_HEADER, protected_resource_metadata,
 };
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -30,7 +30,7 @@ use url::Url;
 use crate::headers::{strip_hop_by_hop, upstream_request_headers};
 use crate::keys::KeyringKeys;
 use crate::mcp::{self, McpCall};
-use crate::mint::{InProcessMinter, MintInput, TxnMinter};
+use crate::mint::{InProcessMinter, MintInput, MintOutcome, TxnMinter};
 
 /// The largest JSON body the gateway reads to learn the MCP method (larger ones are refused).
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -127,8 +127,11 @@ impl Gateway {
         let trust_domain = authz.config.trust_domain.to_string();
         let revocation = StoreRevocation::new(Arc::clone(&authz.store), &trust_domain);
         let guard = Guard::new(guard_config, Arc::new(KeyringKeys::new(authz.clone())), Arc::clone(&authz.clock))
-            .with_revocation(Arc::new(revocation));
-        let minter = Arc::new(InProcessMinter::new(authz.clone()));
+            .with_revocation(Arc::new(revocation))
+            .with_verified_cache(DEFAULT_VERIFIED_CAPACITY);
+        // This guard checks exactly what the TTS would (same issuer, keys and revocation state),
+        // so the minter takes its verdict instead of verifying the token a second time.
+        let minter = Arc::new(InProcessMinter::beside_own_guard(authz.clone()));
         Ok(Self::new(setup.config, Arc::new(guard), minter, authz.log.clone(), &trust_domain))
     }
 
@@ -168,23 +171,28 @@ impl Gateway {
         };
         let input = MintInput {
             subject_token: &token,
+            subject_claims: &principal.claims,
             request_context: request_context(&parts),
             request_details: request_details(&parts, &calls),
             workload: &self.config.workload,
         };
-        let minted = match self.minter.mint(&input, correlation).await {
+        let MintOutcome { result, audit: mint_event } = self.minter.mint(&input, correlation).await;
+        let minted = match result {
             Ok(minted) => minted,
             Err(error) => {
                 let event =
                     self.event(correlation, Some(&principal), &parts).refused(error.code.as_str(), &error.description);
-                return self.refuse(event, mint_failure(&error)).await;
+                if let Err(e) = self.record(mint_event, event).await {
+                    tracing::error!(error = %e, "audit failure");
+                }
+                return mint_failure(&error);
             }
         };
         let mut event = self.event(correlation, Some(&principal), &parts);
         event.detail = Some(detail(&parts, &calls));
         event.txn = Some(minted.txn.clone());
         // Durable audit first: a call the log cannot record is not forwarded.
-        if let Err(e) = self.log.record(event.clone()).await {
+        if let Err(e) = self.record(mint_event, event.clone()).await {
             tracing::error!(error = %e, "audit failure");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -278,6 +286,17 @@ impl Gateway {
         let is_agent = |id: &&str| id.starts_with(&self.agent_prefix);
         let acting = p.actor.as_ref().and_then(|a| a.get("sub")).and_then(Value::as_str);
         Some(p.subject.as_str()).filter(is_agent).or_else(|| acting.filter(is_agent))
+    }
+
+    /// Records the mint's event, when the minter left it to the gateway, and the request's own.
+    /// Both are submitted before either is awaited, so one group commit (one fsync) usually
+    /// makes both durable instead of two in a row; the mint's is submitted first.
+    async fn record(&self, mint_event: Option<AuditEvent>, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(mint_event) = mint_event else {
+            return self.log.record(event).await.map(drop);
+        };
+        let (minted, forwarded) = tokio::join!(self.log.record(mint_event), self.log.record(event));
+        minted.and(forwarded).map(drop)
     }
 
     /// Records a refusal, then answers it (an unrecordable refusal is still refused).

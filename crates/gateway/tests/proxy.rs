@@ -17,10 +17,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mandate_audit::CheckpointPolicy;
 use mandate_authz::{Authz, AuthzConfig};
-use mandate_core::{Clock, OAuthError, ScopeSet, SystemClock, TrustDomain};
+use mandate_core::{AuditEvent, Clock, OAuthError, ScopeSet, SystemClock, TrustDomain};
 use mandate_crypto::jose::sign_jwt;
 use mandate_crypto::{Alg, Kek, SigningKey};
-use mandate_gateway::{CoLocated, Gateway, GatewayConfig, MintInput, Minted, TxnMinter};
+use mandate_gateway::{CoLocated, Gateway, GatewayConfig, MintInput, MintOutcome, Minted, TxnMinter};
+use mandate_store::Mutation;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
@@ -95,7 +96,7 @@ struct FakeMinter {
 
 #[async_trait]
 impl TxnMinter for FakeMinter {
-    async fn mint(&self, input: &MintInput<'_>, _correlation: &str) -> Result<Minted, OAuthError> {
+    async fn mint(&self, input: &MintInput<'_>, _correlation: &str) -> MintOutcome {
         let recorded = (
             input.subject_token.to_owned(),
             input.request_context.clone(),
@@ -103,10 +104,11 @@ impl TxnMinter for FakeMinter {
             input.workload.to_owned(),
         );
         self.inputs.lock().push(recorded);
-        match &self.refuse {
+        let result = match &self.refuse {
             Some(error) => Err(error.clone()),
             None => Ok(Minted { token: "minted.txn.token".into(), txn: "txn-1".into(), expires_in: 60 }),
-        }
+        };
+        result.into()
     }
 }
 
@@ -419,8 +421,8 @@ async fn the_upstream_can_be_spoken_to_over_h2c() {
     assert_eq!(f.upstream.last().version, Version::HTTP_11);
 }
 
-#[tokio::test]
-async fn the_in_process_tts_mints_for_the_verified_token() {
+/// A gateway exactly as `mandate gateway` builds it: the server's own TTS, in process.
+async fn co_located() -> Fixture {
     let (authz, _dir) = authz().await;
     let upstream = Upstream::default();
     let upstream_url = format!("http://{}", upstream.start().await);
@@ -430,7 +432,12 @@ async fn the_in_process_tts_mints_for_the_verified_token() {
         Gateway::co_located(CoLocated { authz: &for_gateway, resource: &resource, config }).unwrap()
     })
     .await;
-    let f = Fixture { authz, upstream, minter: Default::default(), url, http: reqwest::Client::new(), _dir };
+    Fixture { authz, upstream, minter: Default::default(), url, http: reqwest::Client::new(), _dir }
+}
+
+#[tokio::test]
+async fn the_in_process_tts_mints_for_the_verified_token() {
+    let f = co_located().await;
     let body: Value = serde_json::from_str(TOOL_CALL).unwrap();
     let response = f.post_mcp(&format!("Bearer {}", f.token(json!({}))), &body).await;
     assert_eq!(response.status(), 200);
@@ -443,6 +450,42 @@ async fn the_in_process_tts_mints_for_the_verified_token() {
     let events = f.audit().await;
     let forward = events.iter().find(|e| e["action"] == "gateway.forward").unwrap();
     assert_eq!(forward["txn"], claims["txn"], "the forward event carries the transaction id");
+    let issued = events.iter().find(|e| e["action"] == "txn_token.issue").expect("the mint is audited");
+    assert_eq!((&issued["txn"], &issued["decision"]), (&claims["txn"], &json!("allow")));
+}
+
+#[tokio::test]
+async fn a_token_revoked_after_use_is_refused_though_its_verification_is_remembered() {
+    let f = co_located().await;
+    let token = f.token(json!({"jti": "used-then-revoked"}));
+    let body: Value = serde_json::from_str(TOOL_CALL).unwrap();
+    for _ in 0..2 {
+        assert_eq!(f.post_mcp(&format!("Bearer {token}"), &body).await.status(), 200);
+    }
+    let revoke =
+        Mutation::RevokeToken { jti: "used-then-revoked".into(), expires_at_secs: SystemClock.now_secs() + 300 };
+    f.authz.log.apply(revoke, AuditEvent::allow("token.revoke", "t")).await.unwrap().unwrap();
+    let refused = f.post_mcp(&format!("Bearer {token}"), &body).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(f.upstream.all().len(), 2, "the revoked token's request never reached the upstream");
+}
+
+#[tokio::test]
+async fn a_refused_in_process_mint_is_audited_with_the_refusal() {
+    let f = co_located().await;
+    // Within the guard's clock leeway, but the TTS mints nothing for an expired token.
+    let now = SystemClock.now_secs();
+    let token = f.token(json!({"iat": now - 100, "exp": now - 5}));
+    let body: Value = serde_json::from_str(TOOL_CALL).unwrap();
+    let refused = f.post_mcp(&format!("Bearer {token}"), &body).await;
+    assert_eq!(refused.status(), 403);
+    assert!(f.upstream.all().is_empty());
+    let events = f.audit().await;
+    for action in ["txn_token.issue", "gateway.forward"] {
+        let event = events.iter().find(|e| e["action"] == action).expect(action);
+        assert_eq!(event["decision"], "deny", "{action}");
+        assert!(event["detail"].as_str().unwrap().contains("expired"), "{event}");
+    }
 }
 
 #[tokio::test]

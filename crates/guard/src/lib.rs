@@ -13,6 +13,7 @@ mod remote;
 mod replay;
 mod signals;
 mod txn;
+mod verified;
 mod verify;
 
 pub use challenge::{Rejection, RejectionKind};
@@ -23,6 +24,7 @@ pub use remote::{RemoteKeyError, RemoteKeys};
 pub use replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayCache, ReplayCache};
 pub use signals::{Replies, SetError, SignalRevocations, receive_push, subject_key};
 pub use txn::{TXN_TOKEN_HEADER, TxnContext, TxnTokenVerifier, require_txn_token};
+pub use verified::DEFAULT_VERIFIED_CAPACITY;
 pub use verify::{
     BadResource, GRANT_CLAIM, Guard, GuardConfig, KeySource, Presented, Principal, RevocationCheck, StaticKeys,
     StoreRevocation, TokenFacts,

@@ -17,6 +17,7 @@ use crate::challenge::{Rejection, RejectionKind};
 use crate::dpop::{DpopCheck, bound_token_matches, replay_key, single_proof, verify_dpop_proof};
 use crate::prm::metadata_url;
 use crate::replay::{MemoryReplayCache, ReplayCache};
+use crate::verified::VerifiedCache;
 
 /// The private claim naming an agent's responsible owner.
 const OWNER_CLAIM: &str = "mandate_owner";
@@ -246,6 +247,7 @@ pub struct Guard {
     revocation: Option<Arc<dyn RevocationCheck>>,
     replay: Arc<dyn ReplayCache>,
     clock: Arc<dyn Clock>,
+    verified: Option<VerifiedCache>,
 }
 
 /// How the `Authorization` header presents the token.
@@ -257,7 +259,7 @@ enum Scheme {
 
 impl Guard {
     pub fn new(config: GuardConfig, keys: Arc<dyn KeySource>, clock: Arc<dyn Clock>) -> Self {
-        Self { config, keys, revocation: None, replay: Arc::new(MemoryReplayCache::default()), clock }
+        Self { config, keys, revocation: None, replay: Arc::new(MemoryReplayCache::default()), clock, verified: None }
     }
 
     pub fn with_revocation(mut self, check: Arc<dyn RevocationCheck>) -> Self {
@@ -268,6 +270,14 @@ impl Guard {
     /// Replaces the in-memory DPoP replay cache (e.g. with a shared one for replicas).
     pub fn with_replay_cache(mut self, cache: Arc<dyn ReplayCache>) -> Self {
         self.replay = cache;
+        self
+    }
+
+    /// Remembers up to `capacity` verified tokens so a token presented again skips the
+    /// signature check (its `typ`, issuer, audience and signature cannot change) until it
+    /// expires; revocation, the DPoP proof and scope are still checked on every request.
+    pub fn with_verified_cache(mut self, capacity: usize) -> Self {
+        self.verified = Some(VerifiedCache::new(capacity));
         self
     }
 
@@ -310,6 +320,21 @@ impl Guard {
     }
 
     async fn verify(&self, token: &str) -> Result<Principal, String> {
+        let principal = self.verified_principal(token).await?;
+        if let Some(check) = &self.revocation
+            && let Some(reason) = check.revoked(&principal).await?
+        {
+            return Err(reason.to_owned());
+        }
+        Ok(principal)
+    }
+
+    /// The token's signature and claims checked, or remembered as checked.
+    async fn verified_principal(&self, token: &str) -> Result<Principal, String> {
+        let now = self.clock.now_secs();
+        if let Some(principal) = self.verified.as_ref().and_then(|cache| cache.get(token, now)) {
+            return Ok(principal);
+        }
         let unverified = peek_claims(token).map_err(|e| e.to_string())?;
         let issuer = unverified.get("iss").and_then(Value::as_str).ok_or("the token names no issuer")?;
         if !self.config.issuers.iter().any(|trusted| trusted == issuer) {
@@ -320,15 +345,13 @@ impl Guard {
             typ_optional: false,
             issuer: Some(issuer),
             audience: &[self.config.resource.as_str()],
-            now: self.clock.now_secs(),
+            now,
             leeway_secs: self.config.leeway_secs,
         };
         let claims = self.verify_signed(token, issuer, &opts).await?;
         let principal = principal_from(issuer, claims)?;
-        if let Some(check) = &self.revocation
-            && let Some(reason) = check.revoked(&principal).await?
-        {
-            return Err(reason.to_owned());
+        if let Some(cache) = &self.verified {
+            cache.insert(token, &principal, principal.exp.saturating_add(self.config.leeway_secs), now);
         }
         Ok(principal)
     }

@@ -24,16 +24,23 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|guard| guard).await
+}
+
+/// A setup whose guard `configure` finishes.
+async fn setup_with(configure: impl FnOnce(Guard) -> Guard) -> Setup {
     mandate_crypto::init().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = mandate_store::open(dir.path().join("mandate.db").to_str().unwrap()).await.unwrap();
     let key = SigningKey::generate(Alg::EdDSA).unwrap();
-    let guard = Guard::new(
-        GuardConfig::new(RESOURCE, vec![ISSUER.into()]).unwrap(),
-        Arc::new(StaticKeys::new(ISSUER, vec![key.public().clone()])),
-        Arc::new(ManualClock::at_ms(NOW * 1000)),
-    )
-    .with_revocation(Arc::new(StoreRevocation::new(Arc::clone(&store), "td.example")));
+    let guard = configure(
+        Guard::new(
+            GuardConfig::new(RESOURCE, vec![ISSUER.into()]).unwrap(),
+            Arc::new(StaticKeys::new(ISSUER, vec![key.public().clone()])),
+            Arc::new(ManualClock::at_ms(NOW * 1000)),
+        )
+        .with_revocation(Arc::new(StoreRevocation::new(Arc::clone(&store), "td.example"))),
+    );
     Setup { _dir: dir, store, guard, key }
 }
 
@@ -112,6 +119,20 @@ async fn a_revoked_token_is_refused() {
     assert_eq!(check(&s, &t).await, Ok(()));
     apply(&s.store, Mutation::RevokeToken { jti: "j-revoked".into(), expires_at_secs: NOW + 300 }).await;
     assert_eq!(check(&s, &t).await, Err("token was revoked".into()));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_while_its_verification_is_cached() {
+    let s = setup_with(|guard| guard.with_verified_cache(DEFAULT_VERIFIED_CAPACITY)).await;
+    let t = token(&s, |c| c["jti"] = json!("j-cached"));
+    let held = token(&s, |c| c["jti"] = json!("j-cached-2"));
+    for presented in [&t, &held, &t, &held] {
+        assert_eq!(check(&s, presented).await, Ok(()));
+    }
+    apply(&s.store, Mutation::RevokeToken { jti: "j-cached".into(), expires_at_secs: NOW + 300 }).await;
+    assert_eq!(check(&s, &t).await, Err("token was revoked".into()));
+    epoch(&s.store, EpochKind::Agent, "bot", NOW - 5).await;
+    assert!(check(&s, &held).await.unwrap_err().contains("revoked"));
 }
 
 #[tokio::test]

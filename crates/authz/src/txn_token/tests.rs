@@ -115,6 +115,7 @@ impl Fixture {
             request_context: None,
             request_details: details,
             workload: "spiffe://mandate.local/gateway",
+            verified_claims: None,
         };
         mint(&self.authz, &request, "m").await
     }
@@ -331,6 +332,7 @@ async fn a_replacement_narrows_and_keeps_the_transaction() {
         request_context: None,
         request_details: Some(json!({"tool": "x", "hop": "risk"})),
         workload: "spiffe://mandate.local/risk",
+        verified_claims: None,
     };
     let second = mint(&f.authz, &request, "r").await.unwrap();
     assert_eq!(second.txn, first.txn);
@@ -381,4 +383,62 @@ async fn an_access_token_is_not_accepted_as_a_txn_token() {
     let f = fixture().await;
     let at = f.access_token().await;
     refused(f.mint(&at, TOKEN_TYPE_TXN_TOKEN, None, None).await, OAuthErrorCode::InvalidRequest, "not acceptable");
+}
+
+/// A request minting from claims a co-located guard already verified.
+fn pre_verified<'a>(claims: &'a Value, scope: Option<&'a str>) -> MintRequest<'a> {
+    MintRequest {
+        // Not read: the claims stand for the verified token.
+        subject_token: "not-verified-again",
+        subject_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+        scope,
+        request_context: None,
+        request_details: None,
+        workload: "spiffe://mandate.local/gateway",
+        verified_claims: Some(claims),
+    }
+}
+
+#[tokio::test]
+async fn pre_verified_claims_mint_the_same_token_without_reverifying() {
+    let f = fixture().await;
+    let claims = peek_claims(&f.access_token().await).unwrap();
+    let minted = mint(&f.authz, &pre_verified(&claims, None), "p").await.unwrap();
+    let txn = peek_claims(&minted.token).unwrap();
+    assert_eq!((txn["sub"].as_str(), txn["scope"].as_str()), (Some(AGENT), Some("read write")));
+    assert_eq!(txn["act"], json!({"sub": AGENT}));
+    assert_eq!(f.last_event().await["txn"].as_str(), Some(minted.txn.as_str()));
+}
+
+#[tokio::test]
+async fn pre_verified_claims_keep_the_scope_and_expiry_rules() {
+    let f = fixture().await;
+    let mut claims = peek_claims(&f.access_token().await).unwrap();
+    refused(
+        mint(&f.authz, &pre_verified(&claims, Some("read admin")), "p").await,
+        OAuthErrorCode::InvalidScope,
+        "admin",
+    );
+    f.clock.advance_ms(301_000);
+    refused(mint(&f.authz, &pre_verified(&claims, None), "p").await, OAuthErrorCode::InvalidRequest, "expired");
+    claims.as_object_mut().unwrap().remove("scope");
+    refused(
+        mint(&f.authz, &pre_verified(&claims, None), "p").await,
+        OAuthErrorCode::InvalidScope,
+        "cannot be determined",
+    );
+}
+
+#[tokio::test]
+async fn mint_unrecorded_leaves_the_event_to_the_caller() {
+    let f = fixture().await;
+    let claims = peek_claims(&f.access_token().await).unwrap();
+    let before = f.authz.log.checkpoint().await.unwrap().tree_size;
+    let done = mint_unrecorded(&f.authz, &pre_verified(&claims, None), "u").await;
+    assert_eq!(f.authz.log.checkpoint().await.unwrap().tree_size, before);
+    let minted = done.outcome.unwrap();
+    assert_eq!((done.event.action.as_str(), done.event.txn.as_deref()), (ACTION, Some(minted.txn.as_str())));
+    let refusal = mint_unrecorded(&f.authz, &pre_verified(&claims, Some("admin")), "u").await;
+    assert!(refusal.outcome.is_err());
+    assert_eq!(refusal.event.decision, mandate_core::Decision::Deny);
 }
