@@ -1,6 +1,6 @@
 //! Where the gateway's Txn-Tokens come from. [`TxnMinter`] is the seam: co-located with the
 //! server it calls the Transaction Token Service in process ([`InProcessMinter`]); tests plug in
-//! their own. (Minting over HTTP from a remote TTS is not built yet.)
+//! their own; away from the server, [`crate::HttpMinter`] asks a remote TTS over HTTP.
 
 use async_trait::async_trait;
 use mandate_authz::Authz;

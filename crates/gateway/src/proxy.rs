@@ -47,6 +47,12 @@ pub enum GatewayError {
     Resource(#[from] BadResource),
     #[error("workload {0:?} is not a spiffe:// ID")]
     Workload(String),
+    #[error("Transaction Token Service: {0}")]
+    Tts(String),
+    #[error("issuer keys: {0}")]
+    Keys(String),
+    #[error("shared signals: {0}")]
+    Signals(String),
 }
 
 /// What the gateway fronts and how it presents itself.
@@ -97,7 +103,8 @@ pub struct Gateway {
     config: GatewayConfig,
     guard: Arc<Guard>,
     minter: Arc<dyn TxnMinter>,
-    log: AuditLog,
+    /// The gateway's own audit log; `None` when remote (the TTS audits each mint instead).
+    log: Option<AuditLog>,
     client: Client<HttpConnector, Body>,
     agent_prefix: String,
 }
@@ -107,7 +114,7 @@ impl Gateway {
         config: GatewayConfig,
         guard: Arc<Guard>,
         minter: Arc<dyn TxnMinter>,
-        log: AuditLog,
+        log: Option<AuditLog>,
         trust_domain: &str,
     ) -> Self {
         let mut connector = HttpConnector::new();
@@ -132,7 +139,7 @@ impl Gateway {
         // This guard checks exactly what the TTS would (same issuer, keys and revocation state),
         // so the minter takes its verdict instead of verifying the token a second time.
         let minter = Arc::new(InProcessMinter::beside_own_guard(authz.clone()));
-        Ok(Self::new(setup.config, Arc::new(guard), minter, authz.log.clone(), &trust_domain))
+        Ok(Self::new(setup.config, Arc::new(guard), minter, Some(authz.log.clone()), &trust_domain))
     }
 
     /// The same gateway with another Txn-Token source (tests; a remote TTS).
@@ -291,17 +298,19 @@ impl Gateway {
     /// Records the mint's event, when the minter left it to the gateway, and the request's own.
     /// Both are submitted before either is awaited, so one group commit (one fsync) usually
     /// makes both durable instead of two in a row; the mint's is submitted first.
+    /// Without a local log (remote mode) there is nothing to record.
     async fn record(&self, mint_event: Option<AuditEvent>, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(log) = &self.log else { return Ok(()) };
         let Some(mint_event) = mint_event else {
-            return self.log.record(event).await.map(drop);
+            return log.record(event).await.map(drop);
         };
-        let (minted, forwarded) = tokio::join!(self.log.record(mint_event), self.log.record(event));
+        let (minted, forwarded) = tokio::join!(log.record(mint_event), log.record(event));
         minted.and(forwarded).map(drop)
     }
 
     /// Records a refusal, then answers it (an unrecordable refusal is still refused).
     async fn refuse(&self, event: AuditEvent, response: Response) -> Response {
-        if let Err(e) = self.log.record(event).await {
+        if let Err(e) = self.record(None, event).await {
             tracing::error!(error = %e, "audit failure");
         }
         response

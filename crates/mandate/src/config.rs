@@ -19,7 +19,8 @@ const MIN_SVID_TTL_SECS: i64 = 2;
 const MAX_SVID_TTL_SECS: i64 = MAX_ACCESS_TOKEN_TTL_SECS;
 
 /// Environment variables that are not config keys but are still ours.
-const OTHER_ENV: &[&str] = &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES", "MANDATE_BIN"];
+const OTHER_ENV: &[&str] =
+    &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES", "MANDATE_BIN", "MANDATE_GATEWAY_CLIENT_SECRET"];
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! operator action on the same data directory (it may run while the server runs).
 
 mod cmd_audit;
+mod cmd_ciba;
 mod cmd_gateway;
 mod cmd_idp;
 mod cmd_trust;
@@ -42,7 +43,8 @@ enum Command {
     /// Run the authorization server.
     Serve(ServeArgs),
     /// Run the Txn-Token gateway: a reverse proxy that verifies access tokens and forwards
-    /// Transaction Tokens instead (co-located with the server's data directory).
+    /// Transaction Tokens instead (co-located with the server's data directory, or remote
+    /// with --tts-url).
     Gateway(cmd_gateway::GatewayArgs),
     /// Manage owners (responsible humans or organisations).
     #[command(subcommand)]
@@ -70,6 +72,9 @@ enum Command {
     /// Identity providers whose ID-JAGs and ID tokens Mandate accepts.
     #[command(subcommand)]
     Idp(cmd_idp::IdpCmd),
+    /// CIBA step-up approvals waiting for their owners.
+    #[command(subcommand)]
+    Ciba(cmd_ciba::CibaCmd),
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Audit(c) => cmd_audit::audit(&authz, c, &out).await,
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
+                Command::Ciba(c) => cmd_ciba::ciba(&authz, c, &out).await,
                 Command::Serve(_) | Command::Gateway(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)

@@ -1,11 +1,13 @@
 //! `mandate gateway` end to end: `mandate serve` and `mandate gateway` share one data directory;
 //! the example chain (order → risk → payment, in this process) sits behind the gateway. An
 //! agent's delegated token for Alice goes in; the last hop sees `sub` = Alice, `act` = the agent
-//! and the gateway's `txn`; the access token never reaches the chain.
+//! and the gateway's `txn`; the access token never reaches the chain. In remote mode the
+//! gateway shares nothing with the server but HTTP: keys, signals and Txn-Tokens.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -28,6 +30,8 @@ const AGENT: &str = "spiffe://mandate.local/agent/shopper";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const GATEWAY_AGENT: &str = "spiffe://mandate.local/agent/gateway-bot";
 
 /// A running `mandate gateway` on the server's data directory.
 struct GatewayProcess {
@@ -37,17 +41,30 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(server: &Server, listen: &str, upstream: &str) -> Self {
-        let resource = format!("http://{listen}/mcp");
-        let mut child = Command::new(bin())
-            .arg("--data-dir")
-            .arg(server.data_dir())
-            .args(["gateway", "--listen", listen, "--upstream", upstream, "--resource", &resource])
-            .args(["--scopes", "read", "--issuer", &server.base])
-            .env("MANDATE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(bin());
+        command.arg("--data-dir").arg(server.data_dir());
+        Self::spawn(command.args(gateway_args(server, listen, upstream)))
+    }
+
+    /// Remote mode: run in the empty `workdir`, no data directory, the secret from the env.
+    fn start_remote(server: &Server, listen: &str, upstream: &str, remote: &RemoteArgs) -> Self {
+        let mut command = Command::new(bin());
+        command.current_dir(remote.workdir.path()).args(gateway_args(server, listen, upstream));
+        command.args(["--tts-url", &server.url("/oauth2/token"), "--client-id", &remote.client.0]);
+        command.args(["--trust-domain", "mandate.local"]);
+        match &remote.secret_file {
+            Some(file) => command.arg("--client-secret-file").arg(file),
+            None => command.env("MANDATE_GATEWAY_CLIENT_SECRET", &remote.client.1),
+        };
+        if let Some(url) = &remote.ssf_poll {
+            command.args(["--ssf-poll", url]);
+        }
+        Self::spawn(&mut command)
+    }
+
+    fn spawn(command: &mut Command) -> Self {
+        let mut child =
+            command.env("MANDATE_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("the gateway printed its address").unwrap();
         let base = first.strip_prefix("Mandate gateway listening on ").expect("the listening line").to_owned();
@@ -58,6 +75,24 @@ impl GatewayProcess {
     fn resource(&self) -> String {
         format!("{}/mcp", self.base)
     }
+}
+
+fn gateway_args(server: &Server, listen: &str, upstream: &str) -> Vec<String> {
+    let resource = format!("http://{listen}/mcp");
+    ["gateway", "--listen", listen, "--upstream", upstream, "--resource", &resource]
+        .into_iter()
+        .chain(["--scopes", "read", "--issuer", &server.base])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How a remote gateway reaches the server: its client credentials and optional SSF stream.
+struct RemoteArgs {
+    workdir: tempfile::TempDir,
+    client: (String, String),
+    ssf_poll: Option<String>,
+    /// Where the secret is read from instead of the environment.
+    secret_file: Option<std::path::PathBuf>,
 }
 
 impl Drop for GatewayProcess {
@@ -266,4 +301,172 @@ fn dpop_proof(key: &SigningKey, htu: &str) -> String {
         format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let signature = key.sign(input.as_bytes()).unwrap();
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// A server, the example chain, and a remote gateway in front of it that shares no data
+/// directory with the server.
+struct RemoteSetup {
+    server: Server,
+    gateway: GatewayProcess,
+    seen: Seen,
+    remote: RemoteArgs,
+    caller: (String, String),
+}
+
+impl RemoteSetup {
+    /// `ssf`: subscribe the gateway to revocations; `file_secret`: a secret for the gateway to
+    /// read from a file instead of its own from the environment.
+    async fn start(ssf: bool, file_secret: Option<&str>) -> Self {
+        let server = Server::start();
+        let seen = Seen::default();
+        let hops = start_chain(&server, &seen).await;
+        let listen = free_address();
+        server.cli(&["owner", "create", "alice"]);
+        server.cli(&["resource", "create", &format!("http://{listen}/mcp"), "--scope", "read"]);
+        let caller = agent_client(&server, "shopper");
+        // The gateway's own identity at the TTS: an agent's confidential client (token exchange).
+        let client = agent_client(&server, "gateway-bot");
+        let ssf_poll = if ssf { Some(client_stream(&server, &client).await) } else { None };
+        let secret_file = file_secret.map(|secret| {
+            let path = server.dir.path().join("gateway-secret");
+            std::fs::write(&path, format!("{secret}\n")).unwrap();
+            path
+        });
+        let remote = RemoteArgs { workdir: tempfile::tempdir().unwrap(), client, ssf_poll, secret_file };
+        let gateway = GatewayProcess::start_remote(&server, &listen, &hops[0], &remote);
+        Self { server, gateway, seen, remote, caller }
+    }
+
+    async fn caller_token(&self) -> String {
+        let resource = self.gateway.resource();
+        let form = [("grant_type", "client_credentials"), ("resource", resource.as_str()), ("scope", "read")];
+        let request =
+            self.server.http.post(self.server.url("/oauth2/token")).basic_auth(&self.caller.0, Some(&self.caller.1));
+        let body: Value = request.form(&form).send().await.unwrap().json().await.unwrap();
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    async fn call(&self, token: &str) -> (u16, Value) {
+        let (status, body, _) = self.call_with_id(token).await;
+        (status, body)
+    }
+
+    /// Also returns the gateway's `x-request-id`.
+    async fn call_with_id(&self, token: &str) -> (u16, Value, String) {
+        let request = self.server.http.post(self.gateway.resource()).header("content-type", "application/json");
+        let response = request.bearer_auth(token).body(TOOL_CALL).send().await.unwrap();
+        let status = response.status().as_u16();
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        (status, response.json().await.unwrap_or(Value::Null), id)
+    }
+}
+
+fn agent_client(server: &Server, agent: &str) -> (String, String) {
+    server.cli(&["agent", "create", agent, "--owner", "alice", "--scope", "read"]);
+    let made = server.cli_json(&["client", "create", "--agent", agent]);
+    (made["client_id"].as_str().unwrap().to_owned(), made["client_secret"].as_str().unwrap().to_owned())
+}
+
+/// The gateway client's own SSF stream (poll delivery); returns its poll endpoint.
+async fn client_stream(server: &Server, client: &(String, String)) -> String {
+    let request = server.http.post(server.url("/ssf/streams")).basic_auth(&client.0, Some(&client.1));
+    let response = request.json(&json!({"events_requested": [SESSION_REVOKED]})).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let stream: Value = response.json().await.unwrap();
+    stream["delivery"]["endpoint_url"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_remote_gateway_mints_txn_tokens_at_the_tts_over_http() {
+    let s = RemoteSetup::start(false, None).await;
+    let token = s.caller_token().await;
+    let (status, body, request_id) = s.call_with_id(&token).await;
+    assert_eq!(status, 200, "{body}");
+    let payment = &body["next"]["next"];
+    assert_eq!((&payment["sub"], &payment["act"]["sub"]), (&json!(AGENT), &json!(AGENT)));
+    // The TTS names the authenticated gateway client's agent as the requesting workload.
+    assert_eq!(payment["req_wl"], GATEWAY_AGENT);
+    assert_eq!(payment["tctx"]["tool"], "pay");
+
+    let seen = s.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].get("authorization").is_none());
+    assert!(seen[0].get("txn-token").is_some());
+    assert!(!format!("{:?}", seen[0]).contains(&token), "the access token reached the upstream");
+
+    // The TTS audited the mint for the gateway's client; the gateway itself kept no files.
+    let txn = payment["txn"].as_str().unwrap();
+    let query = s.server.cli(&["--json", "audit", "query", "--txn", txn]);
+    let events: Vec<Value> = query.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let issue = events.iter().find(|e| e["action"] == "txn_token.issue").expect("the TTS audited the mint");
+    assert_eq!((&issue["decision"], &issue["client"]), (&json!("allow"), &json!(s.remote.client.0)));
+    assert_eq!(issue["correlation_id"], request_id, "the TTS's event carries the gateway's request id");
+    let left = std::fs::read_dir(s.remote.workdir.path()).unwrap().count();
+    assert_eq!(left, 0, "remote mode opened no data directory");
+}
+
+#[tokio::test]
+async fn a_remote_gateway_polling_signals_refuses_a_revoked_token() {
+    let s = RemoteSetup::start(true, None).await;
+    let token = s.caller_token().await;
+    assert_eq!(s.call(&token).await.0, 200);
+    s.server.cli(&["revoke", "--agent", "shopper"]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let body = loop {
+        let (status, body) = s.call(&token).await;
+        if status == 401 {
+            break body;
+        }
+        // Until the signal arrives, the TTS (which reads the revocation state) refuses the mint.
+        assert!(status == 200 || status == 403, "{status} {body}");
+        assert!(Instant::now() < deadline, "the guard still accepted the revoked token after 2 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["error"], "invalid_token", "{body}");
+}
+
+#[tokio::test]
+async fn a_remote_gateway_without_signals_leaves_revocation_to_the_tts() {
+    let s = RemoteSetup::start(false, None).await;
+    let token = s.caller_token().await;
+    s.server.cli(&["revoke", "--agent", "shopper"]);
+    // The guard checks only signature and expiry; the TTS, which reads the revocation state,
+    // refuses the mint instead (403), so nothing reaches the upstream.
+    let (status, body) = s.call(&token).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("revoked"), "{body}");
+    assert!(s.seen.lock().unwrap().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn a_remote_gateway_with_a_wrong_client_secret_answers_502() {
+    let s = RemoteSetup::start(false, Some("not-the-secret")).await;
+    let token = s.caller_token().await;
+    let (status, body) = s.call(&token).await;
+    assert_eq!((status, body["error"].as_str()), (502, Some("server_error")), "{body}");
+    assert!(s.seen.lock().unwrap().is_empty(), "nothing reached the upstream");
+}
+
+#[test]
+fn remote_mode_needs_a_secret_outside_argv_and_no_co_located_flags() {
+    let workdir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let base = ["gateway", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9", "--resource"];
+        let remote = ["http://127.0.0.1:9/mcp", "--issuer", "http://127.0.0.1:9", "--tts-url", "http://127.0.0.1:9/t"];
+        let output = Command::new(bin())
+            .current_dir(workdir.path())
+            .args(base)
+            .args(remote)
+            .args(extra)
+            .env_remove("MANDATE_GATEWAY_CLIENT_SECRET")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(run(&["--client-id", "gw"]).contains("MANDATE_GATEWAY_CLIENT_SECRET"));
+    assert!(run(&[]).contains("--client-id"), "--tts-url needs --client-id");
+    assert!(run(&["--client-id", "gw", "--workload", "spiffe://mandate.local/gw"]).contains("cannot be used with"));
+    assert!(run(&["--client-id", "gw", "--client-secret", "s"]).contains("unexpected argument"));
+    assert_eq!(std::fs::read_dir(workdir.path()).unwrap().count(), 0, "no data directory was created");
 }
