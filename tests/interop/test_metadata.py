@@ -43,7 +43,9 @@ def test_issuer_is_the_url_the_metadata_came_from(mandate, path):
         "client_credentials",
         "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:openid:params:grant-type:ciba",
     }
+    assert doc["backchannel_authentication_endpoint"] == mandate.base_url + "/oauth2/bc-authorize"
     assert set(doc["token_endpoint_auth_methods_supported"]) == {
         "none",
         "client_secret_basic",

@@ -29,7 +29,7 @@ pub const SESSION_TTL_MS: i64 = 8 * 3_600_000;
 const MAX_PENDING: usize = 10_000;
 const MAX_SESSIONS: usize = 10_000;
 /// Wrong passwords tolerated per pending request before it is dropped.
-const MAX_SIGN_IN_FAILURES: u32 = 5;
+pub(crate) const MAX_SIGN_IN_FAILURES: u32 = 5;
 /// Scopes about the sign-in itself rather than the resource; always grantable.
 pub const SCOPE_OPENID: &str = "openid";
 pub const SCOPE_OFFLINE_ACCESS: &str = "offline_access";

@@ -25,6 +25,11 @@ pub struct SignIn<'a> {
 }
 
 pub fn sign_id_token(authz: &Authz, sign_in: &SignIn<'_>) -> Result<String, OAuthError> {
+    sign_id_token_with(authz, sign_in, &[])
+}
+
+/// An ID token with further claims (e.g. CIBA's `urn:openid:params:jwt:claim:auth_req_id`).
+pub fn sign_id_token_with(authz: &Authz, sign_in: &SignIn<'_>, extra: &[(&str, Value)]) -> Result<String, OAuthError> {
     let now = authz.clock.now_secs();
     let mut claims = json!({
         "iss": authz.config.issuer,
@@ -38,6 +43,11 @@ pub fn sign_id_token(authz: &Authz, sign_in: &SignIn<'_>) -> Result<String, OAut
     });
     if let (Some(nonce), Some(object)) = (sign_in.nonce, claims.as_object_mut()) {
         object.insert("nonce".into(), Value::String(nonce.to_owned()));
+    }
+    if let Some(object) = claims.as_object_mut() {
+        for (name, value) in extra {
+            object.insert((*name).to_owned(), value.clone());
+        }
     }
     let key = authz.keys.signer(authz.config.access_token_alg).map_err(|e| OAuthError::server_error(e.to_string()))?;
     mandate_crypto::jose::sign_jwt(&key, ID_TOKEN_TYP, &claims).map_err(|e| OAuthError::server_error(e.to_string()))

@@ -3,6 +3,7 @@
 //! revocation and the kill switch, and the registry. No HTTP here; `server` maps requests in.
 
 pub mod authorize;
+pub mod ciba;
 pub mod cimd;
 pub mod client_auth;
 pub mod clients;

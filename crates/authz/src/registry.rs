@@ -65,6 +65,7 @@ pub const KNOWN_GRANTS: &[&str] = &[
     "client_credentials",
     "urn:ietf:params:oauth:grant-type:jwt-bearer",
     "urn:ietf:params:oauth:grant-type:token-exchange",
+    crate::ciba::GRANT_CIBA,
 ];
 
 /// A created client; `secret` is shown once and never stored in clear.
@@ -237,7 +238,8 @@ fn client_grants(
         if grant == "authorization_code" && redirect_uris.is_empty() {
             return Err(invalid("authorization_code needs at least one redirect URI"));
         }
-        if AGENT_GRANTS.contains(&grant.as_str()) && !(has_agent && auth_method != ClientAuthMethod::None) {
+        let agent_grant = AGENT_GRANTS.contains(&grant.as_str()) || grant == crate::ciba::GRANT_CIBA;
+        if agent_grant && !(has_agent && auth_method != ClientAuthMethod::None) {
             return Err(invalid(format!("grant type {grant} needs a confidential client registered for an agent")));
         }
     }

@@ -44,6 +44,8 @@ pub struct TokenRequest {
     pub request_details: Option<String>,
     /// Every `DPoP` header value the request carried (RFC 9449 §4.3 wants exactly one, if any).
     pub dpop_proofs: Vec<String>,
+    /// CIBA (OpenID Connect CIBA Core §10.1).
+    pub auth_req_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -74,6 +76,7 @@ pub async fn token(authz: &Authz, request: TokenRequest, correlation_id: &str) -
         crate::dpop::replayed(&refused)
             .or_else(|| crate::idjag::replayed(&refused))
             .or_else(|| crate::refresh::spent(&refused))
+            .or_else(|| crate::ciba::spent(&refused))
             .unwrap_or_else(crate::federation::assertion_replayed)
     })
     .await
@@ -132,6 +135,7 @@ async fn grant(
         (Some(crate::exchange::GRANT_TOKEN_EXCHANGE), Some(client)) => {
             crate::exchange::token_exchange(authz, &request, &client, event).await
         }
+        (Some(crate::ciba::GRANT_CIBA), Some(client)) => crate::ciba::redeem(authz, &client, &request, event).await,
         // A known grant without the client authentication it needs.
         (Some(_), None) => Err(OAuthError::invalid_client("client authentication is required")),
         (Some(other), Some(_)) => {

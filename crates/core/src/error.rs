@@ -26,6 +26,14 @@ pub enum OAuthErrorCode {
     /// Dynamic client registration (RFC 7591 §3.2.2).
     InvalidRedirectUri,
     InvalidClientMetadata,
+    /// OpenID Connect CIBA Core 1.0 §11, §13.
+    AuthorizationPending,
+    SlowDown,
+    ExpiredToken,
+    UnknownUserId,
+    InvalidBindingMessage,
+    /// RFC 9396 §5.
+    InvalidAuthorizationDetails,
 }
 
 impl OAuthErrorCode {
@@ -47,6 +55,12 @@ impl OAuthErrorCode {
             Self::UseDpopNonce => "use_dpop_nonce",
             Self::InvalidRedirectUri => "invalid_redirect_uri",
             Self::InvalidClientMetadata => "invalid_client_metadata",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::ExpiredToken => "expired_token",
+            Self::UnknownUserId => "unknown_user_id",
+            Self::InvalidBindingMessage => "invalid_binding_message",
+            Self::InvalidAuthorizationDetails => "invalid_authorization_details",
         }
     }
 

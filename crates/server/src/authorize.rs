@@ -122,7 +122,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 
 /// A browser tells where a form came from: `Sec-Fetch-Site` (modern browsers) and `Origin`
 /// (sent with every cross-origin POST). Clients that are not browsers send neither.
-fn is_cross_site(headers: &HeaderMap, issuer: &str) -> bool {
+pub(crate) fn is_cross_site(headers: &HeaderMap, issuer: &str) -> bool {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if value("sec-fetch-site").is_some_and(|site| site == "cross-site") {
         return true;
@@ -161,7 +161,7 @@ fn redirect(location: &str) -> Response {
     }
 }
 
-fn error_page(error: &OAuthError) -> Response {
+pub(crate) fn error_page(error: &OAuthError) -> Response {
     let status = match error.code {
         OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         OAuthErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -172,7 +172,7 @@ fn error_page(error: &OAuthError) -> Response {
     (status, page).into_response()
 }
 
-fn strict_headers(mut response: Response) -> Response {
+pub(crate) fn strict_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -33,7 +33,12 @@ fn metadata(state: &AppState) -> Value {
             mandate_authz::exchange::GRANT_TOKEN_EXCHANGE,
             mandate_authz::code::GRANT_AUTHORIZATION_CODE,
             mandate_authz::refresh::GRANT_REFRESH_TOKEN,
+            mandate_authz::ciba::GRANT_CIBA,
         ],
+        // CIBA (poll mode): the owner approves on Mandate's own page.
+        "backchannel_authentication_endpoint": format!("{issuer}/oauth2/bc-authorize"),
+        "backchannel_token_delivery_modes_supported": ["poll"],
+        "backchannel_user_code_parameter_supported": false,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],

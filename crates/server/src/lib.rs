@@ -6,6 +6,7 @@ mod admin;
 mod admin_audit;
 mod admin_trust;
 mod authorize;
+mod ciba;
 mod discovery;
 mod oauth;
 mod register;
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/oauth2/authorize", get(authorize::authorize))
         .route("/oauth2/authorize/decision", post(authorize::decision))
+        .route("/oauth2/bc-authorize", post(ciba::bc_authorize))
+        .route("/oauth2/ciba/approve/{approval_id}", get(ciba::approval_page).post(ciba::approval_decision))
         .nest("/admin/api/v1", admin::routes())
         .merge(spiffe::routes())
         .merge(ssf::routes())

@@ -66,6 +66,7 @@ async fn token_flow(
         audiences: form.all("audience"),
         request_context: form.take("request_context"),
         request_details: form.take("request_details"),
+        auth_req_id: form.take("auth_req_id"),
         dpop_proofs: headers.get_all("dpop").iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect(),
     };
     mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))
@@ -138,7 +139,7 @@ async fn caller_and_token(
 }
 
 /// Which client authentication the request used; more than one is an error (RFC 6749 §2.3).
-fn presented_credentials(headers: &HeaderMap, form: &mut Form) -> Result<Presented, OAuthReply> {
+pub(crate) fn presented_credentials(headers: &HeaderMap, form: &mut Form) -> Result<Presented, OAuthReply> {
     let basic = basic_credentials(headers)?;
     let secret = form.take("client_secret");
     let assertion = form.take("client_assertion");
@@ -220,7 +221,7 @@ fn challenge(error: OAuthError, basic: bool) -> OAuthReply {
 }
 
 /// Passes a value through, or audits the refusal and returns it.
-async fn audited<T>(
+pub(crate) async fn audited<T>(
     state: &AppState,
     action: &str,
     correlation: &str,

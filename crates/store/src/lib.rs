@@ -82,6 +82,12 @@ pub trait Store: Send + Sync + 'static {
     async fn consent(&self, owner: &str, client_id: &str, resource: &str) -> Result<Option<Consent>>;
     async fn auth_code(&self, code_hash: &str) -> Result<Option<AuthCode>>;
     async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshToken>>;
+    /// A CIBA request by the SHA-256 of its `auth_req_id`.
+    async fn ciba_request(&self, req_hash: &str) -> Result<Option<CibaRequest>>;
+    /// A CIBA request by its approval-page id.
+    async fn ciba_request_by_approval(&self, approval_id: &str) -> Result<Option<CibaRequest>>;
+    /// An owner's CIBA requests still pending and unexpired at `now_ms`, oldest first.
+    async fn ciba_pending(&self, owner: &str, now_ms: i64) -> Result<Vec<CibaRequest>>;
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;

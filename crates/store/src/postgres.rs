@@ -237,6 +237,18 @@ impl Store for PostgresStore {
         self.query_one(read::REFRESH_TOKEN, &[&token_hash], read::refresh_token).await
     }
 
+    async fn ciba_request(&self, req_hash: &str) -> Result<Option<CibaRequest>> {
+        self.query_one(read::CIBA_REQUEST, &[&req_hash], read::ciba_request).await
+    }
+
+    async fn ciba_request_by_approval(&self, approval_id: &str) -> Result<Option<CibaRequest>> {
+        self.query_one(read::CIBA_BY_APPROVAL, &[&approval_id], read::ciba_request).await
+    }
+
+    async fn ciba_pending(&self, owner: &str, now_ms: i64) -> Result<Vec<CibaRequest>> {
+        self.query_all(read::CIBA_PENDING, &[&owner, &now_ms], read::ciba_request).await
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
         let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();

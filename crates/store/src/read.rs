@@ -234,6 +234,38 @@ pub(crate) fn auth_code(row: &dyn Columns) -> Result<AuthCode> {
     })
 }
 
+macro_rules! select_ciba {
+    ($tail:literal) => {
+        concat!(
+            "SELECT req_hash, approval_id, client_id, owner, resource, scope, binding_message, \
+             authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms FROM ciba_requests ",
+            $tail
+        )
+    };
+}
+pub(crate) const CIBA_REQUEST: &str = select_ciba!("WHERE req_hash = $1");
+pub(crate) const CIBA_BY_APPROVAL: &str = select_ciba!("WHERE approval_id = $1");
+pub(crate) const CIBA_PENDING: &str =
+    select_ciba!("WHERE owner = $1 AND status = 'pending' AND expires_at_ms > $2 ORDER BY created_at_ms");
+
+pub(crate) fn ciba_request(row: &dyn Columns) -> Result<CibaRequest> {
+    Ok(CibaRequest {
+        req_hash: row.text(0)?,
+        approval_id: row.text(1)?,
+        client_id: row.text(2)?,
+        owner: row.text(3)?,
+        resource: row.text(4)?,
+        scope: row.text(5)?,
+        binding_message: row.text(6)?,
+        authorization_details: row.opt_text(7)?,
+        status: row.text(8)?,
+        expires_at_ms: row.int(9)?,
+        last_poll_ms: row.opt_int(10)?,
+        decided_at_ms: row.opt_int(11)?,
+        created_at_ms: row.int(12)?,
+    })
+}
+
 pub(crate) fn refresh_token(row: &dyn Columns) -> Result<RefreshToken> {
     Ok(RefreshToken {
         token_hash: row.text(0)?,

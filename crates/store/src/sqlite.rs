@@ -190,6 +190,18 @@ impl Store for SqliteStore {
         self.read(|c| query_one(c, read::REFRESH_TOKEN, [token_hash], read::refresh_token))
     }
 
+    async fn ciba_request(&self, req_hash: &str) -> Result<Option<CibaRequest>> {
+        self.read(|c| query_one(c, read::CIBA_REQUEST, [req_hash], read::ciba_request))
+    }
+
+    async fn ciba_request_by_approval(&self, approval_id: &str) -> Result<Option<CibaRequest>> {
+        self.read(|c| query_one(c, read::CIBA_BY_APPROVAL, [approval_id], read::ciba_request))
+    }
+
+    async fn ciba_pending(&self, owner: &str, now_ms: i64) -> Result<Vec<CibaRequest>> {
+        self.read(|c| query_all(c, read::CIBA_PENDING, rusqlite::params![owner, now_ms], read::ciba_request))
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         self.read(|c| {
             let mut latest = None;

@@ -115,11 +115,60 @@ pub enum Mutation {
         audience: String,
         resource: String,
     },
+    CreateCibaRequest(CibaRequest),
+    /// The owner's decision (`approved` / `denied`); fails unless the request is theirs, still
+    /// pending and unexpired at `now_ms`.
+    DecideCibaRequest {
+        approval_id: String,
+        owner: String,
+        status: String,
+        now_ms: i64,
+    },
+    /// Counts a wrong password on the approval page; the `max`-th denies the pending request.
+    FailCibaDecision {
+        approval_id: String,
+        max: i64,
+    },
+    /// Records a token-endpoint poll; fails (`slow_down`) when the previous one was less than
+    /// `interval_ms` before `now_ms`.
+    PollCibaRequest {
+        req_hash: String,
+        now_ms: i64,
+        interval_ms: i64,
+    },
+    /// Spends an approved request; fails unless it is approved and unexpired at `now_ms`.
+    RedeemCibaRequest {
+        req_hash: String,
+        now_ms: i64,
+    },
     /// Shared Signals Framework streams and outbox (`crate::ssf`).
     Ssf(crate::ssf::SsfMutation),
     /// Several mutations that succeed or fail together (e.g. spend a refresh token and store
     /// its successor); the first refusal undoes the others.
     All(Vec<Mutation>),
+}
+
+/// A CIBA backchannel authentication request (`ciba_requests`, see `mandate_authz::ciba`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CibaRequest {
+    /// SHA-256 of the `auth_req_id` the client holds.
+    pub req_hash: String,
+    /// Names the request on the owner's approval page.
+    pub approval_id: String,
+    pub client_id: String,
+    pub owner: String,
+    pub resource: String,
+    pub scope: String,
+    pub binding_message: String,
+    /// RFC 9396 `authorization_details` exactly as requested (JSON text).
+    pub authorization_details: Option<String>,
+    /// `pending`, `approved`, `denied` or `redeemed`.
+    pub status: String,
+    pub expires_at_ms: i64,
+    pub last_poll_ms: Option<i64>,
+    /// When the owner approved or denied (the ID token's `auth_time`).
+    pub decided_at_ms: Option<i64>,
+    pub created_at_ms: i64,
 }
 
 /// One unit of the write path: an optional mutation and the event that records it.

@@ -306,6 +306,53 @@ impl<'a> Step<'a> {
                 format!("delegation target of agent {agent} at {audience} for {resource}"),
                 vec![Text(agent), Text(audience), Text(resource)],
             ),
+            Mutation::CreateCibaRequest(r) => Self::insert(
+                "INSERT INTO ciba_requests (req_hash, approval_id, client_id, owner, resource, scope, binding_message, \
+                 authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "CIBA request".into(),
+                vec![
+                    Text(&r.req_hash),
+                    Text(&r.approval_id),
+                    Text(&r.client_id),
+                    Text(&r.owner),
+                    Text(&r.resource),
+                    Text(&r.scope),
+                    Text(&r.binding_message),
+                    OptText(&r.authorization_details),
+                    Text(&r.status),
+                    Int(r.expires_at_ms),
+                    OptInt(r.last_poll_ms),
+                    OptInt(r.decided_at_ms),
+                    Int(r.created_at_ms),
+                ],
+            ),
+            Mutation::DecideCibaRequest { approval_id, owner, status, now_ms } => Self::update(
+                "UPDATE ciba_requests SET status = $1, decided_at_ms = $2 \
+                 WHERE approval_id = $3 AND owner = $4 AND status = 'pending' AND expires_at_ms > $2",
+                "CIBA request (unknown, another owner's, decided or expired)".into(),
+                vec![Text(status), Int(*now_ms), Text(approval_id), Text(owner)],
+            ),
+            Mutation::FailCibaDecision { approval_id, max } => Self::update(
+                "UPDATE ciba_requests SET failures = failures + 1, \
+                 status = CASE WHEN failures + 1 >= $1 THEN 'denied' ELSE status END \
+                 WHERE approval_id = $2 AND status = 'pending'",
+                "CIBA request (unknown or decided)".into(),
+                vec![Int(*max), Text(approval_id)],
+            ),
+            // Atomic, so two concurrent polls cannot both pass the interval check.
+            Mutation::PollCibaRequest { req_hash, now_ms, interval_ms } => Self::update(
+                "UPDATE ciba_requests SET last_poll_ms = $1 \
+                 WHERE req_hash = $2 AND (last_poll_ms IS NULL OR last_poll_ms + $3 <= $1)",
+                "CIBA poll (too soon)".into(),
+                vec![Int(*now_ms), Text(req_hash), Int(*interval_ms)],
+            ),
+            Mutation::RedeemCibaRequest { req_hash, now_ms } => Self::update(
+                "UPDATE ciba_requests SET status = 'redeemed' \
+                 WHERE req_hash = $1 AND status = 'approved' AND expires_at_ms > $2",
+                "CIBA request (unknown, not approved, spent or expired)".into(),
+                vec![Text(req_hash), Int(*now_ms)],
+            ),
             // Flattened by `all`; a nested batch never reaches here, and would change nothing.
             Mutation::All(_) => Self::insert("SELECT 1 WHERE 1 = 0", "batch".into(), vec![]),
             Mutation::Ssf(m) => crate::ssf::step(m),

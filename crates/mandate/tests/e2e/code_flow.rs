@@ -146,7 +146,7 @@ fn public_client(server: &Server, name: &str) -> String {
 }
 
 /// `mandate owner set-password NAME` with the password on standard input; must succeed.
-fn set_password(server: &Server, owner: &str, password: &str) {
+pub(crate) fn set_password(server: &Server, owner: &str, password: &str) {
     let out = try_set_password(server, owner, password);
     assert!(out.status.success(), "set-password failed: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -5,6 +5,7 @@
 mod admin_api;
 mod audit;
 mod audit_queries;
+mod ciba;
 mod code_flow;
 mod delegation;
 mod federation;

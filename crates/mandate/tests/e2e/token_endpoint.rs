@@ -397,7 +397,8 @@ async fn discovery_documents_describe_this_issuer() {
                 "urn:ietf:params:oauth:grant-type:jwt-bearer",
                 "urn:ietf:params:oauth:grant-type:token-exchange",
                 "authorization_code",
-                "refresh_token"
+                "refresh_token",
+                "urn:openid:params:grant-type:ciba"
             ])
         );
         let methods = doc["token_endpoint_auth_methods_supported"].as_array().unwrap();
