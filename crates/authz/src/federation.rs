@@ -345,9 +345,8 @@ fn replay_guard(authz: &Authz, issuer: &str, claims: &Value) -> Option<Mutation>
 mod tests {
     use std::sync::Arc;
 
-    use mandate_audit::CheckpointPolicy;
-    use mandate_core::{Clock, ManualClock, TrustDomain};
-    use mandate_crypto::{Alg, Kek, SigningKey, jose::sign_jwt};
+    use mandate_core::{ManualClock, TrustDomain};
+    use mandate_crypto::{Alg, SigningKey, jose::sign_jwt};
 
     use super::*;
     use crate::AuthzConfig;
@@ -369,19 +368,13 @@ mod tests {
     /// An in-process Mandate on a fresh SQLite store: owner alice, agent billing (read write),
     /// resource RESOURCE (read write admin), and an ES256 key standing in for an external issuer.
     async fn fixture(access_token_ttl_secs: i64) -> Fixture {
-        mandate_crypto::init().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
         let clock = ManualClock::at_ms(NOW * 1000);
-        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let config = AuthzConfig {
             access_token_ttl_secs,
             key_publish_lead_secs: 0,
             ..AuthzConfig::new("https://mandate.example", TrustDomain::parse("mandate.local").unwrap())
         };
-        let policy = CheckpointPolicy::default();
-        let authz =
-            Authz::start(store, Kek::generate().unwrap().0, shared, config, policy, "test/audit").await.unwrap();
+        let (authz, dir) = crate::test_support::started(config, Arc::new(clock.clone())).await;
         registry::create_owner(&authz, "alice", None, "t").await.unwrap();
         let scopes = vec!["read".to_owned(), "write".to_owned()];
         let agent =

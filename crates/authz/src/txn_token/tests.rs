@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use mandate_audit::CheckpointPolicy;
-use mandate_core::{ClientAuthMethod, Clock, ManualClock, TrustDomain};
+use mandate_core::{ClientAuthMethod, ManualClock, TrustDomain};
+use mandate_crypto::Alg;
 use mandate_crypto::jose::{peek_claims, peek_typ, sign_jwt};
-use mandate_crypto::{Alg, Kek};
 use zeroize::Zeroizing;
 
 use super::*;
@@ -33,14 +32,9 @@ struct Fixture {
 /// Owner alice, resource RESOURCE (read write admin), agent assistant (read write) with a
 /// client_secret_basic client.
 async fn fixture() -> Fixture {
-    mandate_crypto::init().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = mandate_store::open(dir.path().join("m.db").to_str().unwrap()).await.unwrap();
     let clock = ManualClock::at_ms(NOW * 1000);
-    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let config = AuthzConfig { key_publish_lead_secs: 0, ..AuthzConfig::new(ISSUER, TrustDomain::parse(TD).unwrap()) };
-    let policy = CheckpointPolicy::default();
-    let authz = Authz::start(store, Kek::generate().unwrap().0, shared, config, policy, "t/audit").await.unwrap();
+    let (authz, dir) = crate::test_support::started(config, Arc::new(clock.clone())).await;
     registry::create_owner(&authz, "alice", None, "t").await.unwrap();
     let scopes = vec!["read".to_owned(), "write".to_owned(), "admin".to_owned()];
     registry::create_resource(&authz, RESOURCE, &scopes, "t").await.unwrap();
