@@ -108,14 +108,7 @@ pub fn verify_jwt(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> 
 /// Size, header (`crit`, `alg` allow-list, `typ`), key choice and signature: what every JWT of a
 /// known signer must pass before its claims are judged.
 fn typed_signed_claims(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> Result<Value, JwtError> {
-    if token.len() > MAX_JWT_BYTES {
-        return Err(JwtError::TooLarge);
-    }
-    let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
-    if header.crit.is_some() {
-        return Err(JwtError::CriticalHeader);
-    }
-    let alg = allowed_alg(header.alg)?;
+    let (header, alg) = accepted_header(token)?;
     check_typ(header.typ.as_deref(), opts)?;
     let key = select_key(keys, header.kid.as_deref(), alg)?;
     signed_claims(token, key, alg)
@@ -137,6 +130,16 @@ pub fn verify_set(token: &str, keys: &[PublicKey], opts: &VerifyOptions<'_>) -> 
 /// the header's `alg` must be one Mandate accepts and equal the key's. `typ`, time and all other
 /// claims are the caller's to check, so never use this where [`verify_jwt`] fits.
 pub fn verify_signature_only(token: &str, key: &PublicKey) -> Result<Value, JwtError> {
+    let (_, alg) = accepted_header(token)?;
+    if key.alg() != alg {
+        return Err(JwtError::AlgorithmMismatch);
+    }
+    let claims = signed_claims(token, key, alg)?;
+    if claims.is_object() { Ok(claims) } else { Err(JwtError::Malformed("payload is not a JSON object".into())) }
+}
+
+/// A token of acceptable size whose header has no `crit` and an allowed `alg`.
+fn accepted_header(token: &str) -> Result<(jsonwebtoken::Header, Alg), JwtError> {
     if token.len() > MAX_JWT_BYTES {
         return Err(JwtError::TooLarge);
     }
@@ -145,11 +148,7 @@ pub fn verify_signature_only(token: &str, key: &PublicKey) -> Result<Value, JwtE
         return Err(JwtError::CriticalHeader);
     }
     let alg = allowed_alg(header.alg)?;
-    if key.alg() != alg {
-        return Err(JwtError::AlgorithmMismatch);
-    }
-    let claims = signed_claims(token, key, alg)?;
-    if claims.is_object() { Ok(claims) } else { Err(JwtError::Malformed("payload is not a JSON object".into())) }
+    Ok((header, alg))
 }
 
 /// The claims of `token` once its signature by `key` under `alg` checks out; no claim is judged.
