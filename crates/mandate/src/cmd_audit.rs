@@ -210,7 +210,7 @@ fn verify_export(args: &VerifyArgs, json: bool) -> anyhow::Result<ExitCode> {
     let reader = std::io::BufReader::new(file);
     let result = match &args.trusted_checkpoint {
         Some(path) => {
-            let note = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let note = crate::commands::read_text(path)?;
             let trusted = mandate_audit_verify::verify_note(&note, &key)
                 .with_context(|| format!("the trusted checkpoint {} does not verify", path.display()))?;
             if trusted.origin != key.name() {

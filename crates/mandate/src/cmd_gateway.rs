@@ -142,7 +142,7 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
 /// The client secret from `--client-secret-file`, else from [`CLIENT_SECRET_ENV`].
 fn client_secret(file: Option<&Path>) -> anyhow::Result<String> {
     let secret = match file {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => crate::commands::read_text(path)?,
         None => std::env::var(CLIENT_SECRET_ENV)
             .with_context(|| format!("remote mode needs {CLIENT_SECRET_ENV} or --client-secret-file"))?,
     };

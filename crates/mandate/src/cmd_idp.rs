@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use mandate_authz::Authz;
 use mandate_authz::trust::{self, NewDelegationTarget, NewTrustedIdp};
@@ -78,12 +77,7 @@ pub struct Undelegate {
 pub async fn idp(authz: &Authz, cmd: IdpCmd, out: &Output) -> anyhow::Result<()> {
     match cmd {
         IdpCmd::Add(args) => {
-            let jwks = match &args.jwks_file {
-                Some(path) => {
-                    Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-                }
-                None => None,
-            };
+            let jwks = crate::commands::read_optional(args.jwks_file.as_deref())?;
             let new = NewTrustedIdp { name: args.name, issuer: args.issuer, jwks_url: args.jwks_url, jwks };
             let idp = trust::create_trusted_idp(authz, new, &correlation()).await?;
             out.show(&idp, || format!("trusted IdP {} added\n{}", idp.name, describe_idp(&idp)))

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use mandate_authz::Authz;
 use mandate_authz::federation::NewFederationRule;
@@ -80,10 +80,7 @@ pub async fn trust(authz: &Authz, cmd: TrustCmd, out: &Output) -> anyhow::Result
 }
 
 fn new_rule(args: AddFederation) -> anyhow::Result<NewFederationRule> {
-    let jwks = match &args.jwks_file {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
-        None => None,
-    };
+    let jwks = crate::commands::read_optional(args.jwks_file.as_deref())?;
     let (subject, subject_match) = match (args.subject, args.subject_prefix) {
         (Some(exact), None) => (exact, "exact"),
         (None, Some(prefix)) => (prefix, "prefix"),

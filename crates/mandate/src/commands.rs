@@ -25,6 +25,16 @@ impl Output {
     }
 }
 
+/// A file the operator named on the command line, as text.
+pub(crate) fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`read_text`] for an optional argument.
+pub(crate) fn read_optional(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    path.map(read_text).transpose()
+}
+
 pub(crate) fn correlation() -> String {
     format!("cli-{}", uuid::Uuid::now_v7())
 }
@@ -221,12 +231,7 @@ pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Resu
             introspect,
             backchannel_logout_uri,
         } => {
-            let jwks = match jwks {
-                Some(path) => {
-                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
-                }
-                None => None,
-            };
+            let jwks = read_optional(jwks.as_deref())?;
             let new = NewClient {
                 agent,
                 auth_method: auth,
