@@ -760,8 +760,10 @@ mod tests {
         let started = std::time::Instant::now();
         let error = JwksCache::default().keys(&format!("{base}/jwks"), 0, true).await.unwrap_err();
         assert_eq!(error, FetchError::Timeout);
+        // Only the lower bound: a timeout can never fire early, while an upper bound would make
+        // the test depend on how busy the machine is.
         let took = started.elapsed();
-        assert!(took >= FETCH_TIMEOUT && took < FETCH_TIMEOUT + Duration::from_secs(3), "{took:?}");
+        assert!(took >= FETCH_TIMEOUT, "gave up after {took:?}, before the timeout");
     }
 
     #[tokio::test]
