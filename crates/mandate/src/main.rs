@@ -2,10 +2,12 @@
 //! operator action on the same data directory (it may run while the server runs).
 
 mod cmd_audit;
+mod cmd_broker;
 mod cmd_ciba;
 mod cmd_gateway;
 mod cmd_idp;
 mod cmd_trust;
+mod cmd_vault;
 mod cmd_workload;
 mod commands;
 mod config;
@@ -75,6 +77,9 @@ enum Command {
     /// CIBA step-up approvals waiting for their owners.
     #[command(subcommand)]
     Ciba(cmd_ciba::CibaCmd),
+    /// The agent-side credential broker: vault, local CA and credential-injecting proxy.
+    #[command(subcommand)]
+    Broker(cmd_broker::BrokerCmd),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +132,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cmd_gateway::gateway(&settings, args).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Broker(c) => {
+            cmd_broker::broker(&settings, c).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Audit(c) if c.is_offline() => cmd_audit::offline(&c, cli.json),
         command => {
             let out = commands::Output { json: cli.json };
@@ -142,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
                 Command::Ciba(c) => cmd_ciba::ciba(&authz, c, &out).await,
-                Command::Serve(_) | Command::Gateway(_) => unreachable!("handled above"),
+                Command::Serve(_) | Command::Gateway(_) | Command::Broker(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)
         }

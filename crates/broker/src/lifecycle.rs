@@ -1,0 +1,1 @@
+//! TODO(lifecycle): filled in by its owner.

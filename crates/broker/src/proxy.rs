@@ -1,0 +1,1 @@
+//! TODO(proxy): filled in by its owner.

@@ -1,0 +1,1 @@
+//! TODO(vault): filled in by its owner.
