@@ -122,8 +122,8 @@ impl ExportWriter {
     }
 
     fn push_event(&mut self, event: Value) -> &mut Self {
-        // serde_json's map is sorted by key and the writer is compact: JCS for these values.
-        let canonical = serde_json::to_string(&event).unwrap();
+        // JCS by the crate's own canonicaliser (serde_json's map order depends on build features).
+        let canonical = String::from_utf8(mandate_audit_verify::canonical_json(&event).unwrap()).unwrap();
         self.leaves.push(sha256(&[&[0x00], canonical.as_bytes()]));
         self.lines.push(format!("{{\"entry\":{canonical}}}"));
         self.entry_lines.push(self.lines.len());

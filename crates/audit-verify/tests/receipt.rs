@@ -6,7 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey};
-use mandate_audit_verify::{NoteError, ReceiptError, VerifierKey, verify_receipt};
+use mandate_audit_verify::{NoteError, ReceiptError, VerifierKey, canonical_json, verify_receipt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -89,17 +89,16 @@ fn events(size: usize) -> Vec<Value> {
                 "client": "c1", "resource": "https://api.example.com/", "scope": "read",
                 "jti": format!("jti-{seq}"), "txn": null, "correlation_id": format!("req-{seq}"),
             });
-            prev = sha256(&[&[0], serde_json::to_string(&event).unwrap().as_bytes()]);
+            prev = sha256(&[&[0], &canonical_json(&event).unwrap()]);
             event
         })
         .collect()
 }
 
-/// A receipt as value, before serialisation (serde_json's sorted compact form is its JCS form).
+/// A receipt as value, before serialisation (written with `canonical_json`).
 fn receipt_value(index: usize, size: usize) -> Value {
     let events = events(size);
-    let leaves: Vec<Hash> =
-        events.iter().map(|e| sha256(&[&[0], serde_json::to_string(e).unwrap().as_bytes()])).collect();
+    let leaves: Vec<Hash> = events.iter().map(|e| sha256(&[&[0], &canonical_json(e).unwrap()])).collect();
     let proof: Vec<String> = path(index, &leaves).iter().map(hex::encode).collect();
     json!({
         "format": "mandate-audit-receipt/v1", "origin": ORIGIN, "entry": events[index],
@@ -108,7 +107,7 @@ fn receipt_value(index: usize, size: usize) -> Value {
 }
 
 fn bytes_of(value: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(value).unwrap();
+    let mut bytes = canonical_json(value).unwrap();
     bytes.push(b'\n');
     bytes
 }

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use crate::merkle::leaf_hash;
 
-/// The event as the JSON object that is hashed and exported. `serde_json`'s map is ordered by
-/// key bytes, and every value is a string, integer or null, so compact serialisation of this
-/// value is its JCS form.
+/// The event as the JSON object that is hashed and exported, in its JCS form — written by the
+/// verifier's own canonicaliser, never by `serde_json`'s map order (which keeps insertion order
+/// when any crate in the build enables `preserve_order`, as Cedar does).
 pub fn canonical_event(position: &EntryPosition, event: &AuditEvent) -> String {
     let value: Value = json!({
         "v": 1,
@@ -30,7 +30,9 @@ pub fn canonical_event(position: &EntryPosition, event: &AuditEvent) -> String {
         "txn": event.txn,
         "correlation_id": event.correlation_id,
     });
-    value.to_string()
+    // Every member is a string, null or an integer below 2^53 (seq), which JCS always accepts.
+    let bytes = mandate_audit_verify::canonical_json(&value).expect("audit events hold only JCS-safe values");
+    String::from_utf8(bytes).expect("JCS output is UTF-8")
 }
 
 /// The [`EntryEncoder`] the store calls inside its write transaction.

@@ -22,6 +22,8 @@ pub enum ReceiptError {
     Proof(#[from] ProofError),
     #[error(transparent)]
     Store(#[from] mandate_store::StoreError),
+    #[error("the receipt cannot be written canonically: {0}")]
+    Canonical(String),
 }
 
 /// The receipt of event `seq`, proven against a checkpoint covering the whole log (signed now if
@@ -44,9 +46,12 @@ pub async fn receipt(log: &AuditLog, seq: u64) -> Result<Value, ReceiptError> {
     }))
 }
 
-/// The receipt's file form: its canonical JSON (serde_json's maps are key-sorted and every value
-/// is a string, integer or null, so compact output is JCS) and a newline. Verifiers require
-/// exactly this, so any changed byte is detected.
-pub fn receipt_text(receipt: &Value) -> String {
-    format!("{receipt}\n")
+/// The receipt's file form: its canonical JSON (JCS, written by the verifier's canonicaliser, so
+/// it never depends on `serde_json`'s map order) and a newline. Verifiers require exactly this,
+/// so any changed byte is detected.
+pub fn receipt_text(receipt: &Value) -> Result<String, ReceiptError> {
+    let bytes = mandate_audit_verify::canonical_json(receipt).map_err(|e| ReceiptError::Canonical(e.to_string()))?;
+    let mut text = String::from_utf8(bytes).map_err(|e| ReceiptError::Canonical(e.to_string()))?;
+    text.push('\n');
+    Ok(text)
 }

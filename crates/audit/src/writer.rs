@@ -101,6 +101,17 @@ impl AuditLog {
         Ok(build_checkpoint(shared.store.as_ref(), &shared.signer, shared.clock.now_ms()).await?)
     }
 
+    /// Appends waiting for the writer to pick them up (the batch being committed is not
+    /// counted); a queue that stays deep means the store cannot keep up.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+    }
+
+    /// False once the writer task has stopped: every append would then fail.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     pub fn signer(&self) -> &CheckpointSigner {
         &self.shared.signer
     }

@@ -1,6 +1,7 @@
 //! The audit writer against a real SQLite store, checked by the independent verifier crate.
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,4 +122,25 @@ async fn edited_deleted_or_reordered_lines_fail_verification() {
 
     let truncated: Vec<String> = owned[..owned.len() - 1].to_vec();
     assert!(verify(&log, &join(&truncated)).is_err());
+}
+
+/// On a current-thread runtime the writer task cannot run while the test polls by hand, so the
+/// appends polled once stay queued and the depth is exact.
+#[tokio::test(flavor = "current_thread")]
+async fn queue_depth_counts_appends_the_writer_has_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(&dir, 1000);
+    assert!(log.is_running());
+    assert_eq!(log.queue_depth(), 0);
+    let mut appends: Vec<_> =
+        (0..3).map(|i| Box::pin(log.record(AuditEvent::allow("test.event", format!("q{i}"))))).collect();
+    for append in &mut appends {
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(append.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "an append answers only after its commit");
+    }
+    assert_eq!(log.queue_depth(), 3);
+    for append in appends {
+        append.await.unwrap();
+    }
+    assert_eq!(log.queue_depth(), 0);
 }

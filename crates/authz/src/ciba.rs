@@ -1,10 +1,14 @@
-//! OpenID Connect CIBA (Client-Initiated Backchannel Authentication) in poll mode, as step-up
-//! approval for agents: an agent asks for one described action (`binding_message`, RFC 9396
-//! `authorization_details`), the owner approves or denies it on Mandate's own page (never in
-//! the agent's UI), and the agent polls the token endpoint for a one-time token naming exactly
-//! that action. See `docs/ciba.md`.
+//! OpenID Connect CIBA (Client-Initiated Backchannel Authentication) in poll and ping modes, as
+//! step-up approval for agents: an agent asks for one described action (`binding_message`,
+//! RFC 9396 `authorization_details`), the owner approves or denies it on Mandate's own page
+//! (never in the agent's UI), and the agent collects a one-time token naming exactly that
+//! action at the token endpoint, polling or when pinged (`notify`). See `docs/ciba.md`.
 
-use mandate_core::{AuditEvent, Name, OAuthError, OAuthErrorCode, ScopeSet};
+pub mod notify;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use mandate_core::{AuditEvent, Client, Name, OAuthError, OAuthErrorCode, ScopeSet};
 use mandate_crypto::{hash_secret, random_token};
 use mandate_store::{CibaRequest, Mutation, MutationError};
 use serde::Serialize;
@@ -33,6 +37,16 @@ pub const MAX_BINDING_MESSAGE_CHARS: usize = 200;
 /// Wrong passwords on an approval page before its request is denied (as the code flow's sign-in).
 pub const MAX_FAILURES: i64 = crate::authorize::MAX_SIGN_IN_FAILURES as i64;
 
+/// Client metadata (CIBA Core §4): `poll` (the default) or `ping`.
+pub const DELIVERY_MODE_METADATA: &str = "backchannel_token_delivery_mode";
+/// Client metadata (CIBA Core §4): where ping callbacks go.
+pub const NOTIFICATION_ENDPOINT_METADATA: &str = "backchannel_client_notification_endpoint";
+pub const MODE_POLL: &str = "poll";
+pub const MODE_PING: &str = "ping";
+/// CIBA Core §7.1: a `client_notification_token` has at most 1024 characters.
+pub const MAX_NOTIFICATION_TOKEN_CHARS: usize = 1024;
+const MAX_ENDPOINT_BYTES: usize = 2048;
+
 const PENDING: &str = "pending";
 const APPROVED: &str = "approved";
 const DENIED: &str = "denied";
@@ -51,6 +65,99 @@ pub struct BcAuthorizeRequest {
     pub resources: Vec<String>,
     pub requested_expiry: Option<String>,
     pub authorization_details: Option<String>,
+    /// Ping mode: the Bearer credential Mandate presents on the callback.
+    pub client_notification_token: Option<String>,
+}
+
+/// How a client learns that the owner decided (CIBA Core §5), as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryMode {
+    Poll,
+    Ping { endpoint: String },
+}
+
+/// The client's registered delivery mode; clients registered without one poll.
+pub fn delivery_mode(client: &Client) -> Result<DeliveryMode, OAuthError> {
+    let metadata: Option<Value> = client.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok());
+    let field = |name: &str| metadata.as_ref().and_then(|m| m.get(name)).and_then(Value::as_str).map(str::to_owned);
+    match (field(DELIVERY_MODE_METADATA).as_deref(), field(NOTIFICATION_ENDPOINT_METADATA)) {
+        (None | Some(MODE_POLL), _) => Ok(DeliveryMode::Poll),
+        (Some(MODE_PING), Some(endpoint)) => Ok(DeliveryMode::Ping { endpoint }),
+        _ => Err(OAuthError::server_error("the client's CIBA delivery registration is incomplete")),
+    }
+}
+
+/// Registration rules for the CIBA client metadata (CIBA Core §4): the mode is `poll` or
+/// `ping` (`push` is not offered) and only for clients with the CIBA grant; `ping` needs a
+/// notification endpoint and only `ping` may have one. The endpoint must be https (http only
+/// to loopback when `insecure`, as for every outbound call). Returns the metadata to store.
+pub fn registered_delivery(
+    mode: Option<&str>,
+    endpoint: Option<&str>,
+    grant_types: &[String],
+    insecure: bool,
+) -> Result<serde_json::Map<String, Value>, String> {
+    let mut stored = serde_json::Map::new();
+    let Some(mode) = mode else {
+        if endpoint.is_some() {
+            return Err(format!("{NOTIFICATION_ENDPOINT_METADATA} needs {DELIVERY_MODE_METADATA} ping"));
+        }
+        return Ok(stored);
+    };
+    if !grant_types.iter().any(|g| g == GRANT_CIBA) {
+        return Err(format!("{DELIVERY_MODE_METADATA} is only for clients registered for the {GRANT_CIBA} grant"));
+    }
+    match (mode, endpoint) {
+        (MODE_POLL, None) => {}
+        (MODE_POLL, Some(_)) => return Err(format!("{NOTIFICATION_ENDPOINT_METADATA} is only for ping mode")),
+        (MODE_PING, None) => return Err(format!("ping mode needs a {NOTIFICATION_ENDPOINT_METADATA}")),
+        (MODE_PING, Some(url)) => {
+            if url.len() > MAX_ENDPOINT_BYTES {
+                return Err(format!("{NOTIFICATION_ENDPOINT_METADATA} may have at most {MAX_ENDPOINT_BYTES} bytes"));
+            }
+            crate::jwks_fetch::check_url(url, insecure)
+                .map_err(|e| format!("{NOTIFICATION_ENDPOINT_METADATA} is not usable: {e}"))?;
+            stored.insert(NOTIFICATION_ENDPOINT_METADATA.into(), Value::String(url.to_owned()));
+        }
+        (other, _) => return Err(format!("{DELIVERY_MODE_METADATA} {other:?} is not supported; use poll or ping")),
+    }
+    stored.insert(DELIVERY_MODE_METADATA.into(), Value::String(mode.to_owned()));
+    Ok(stored)
+}
+
+/// CIBA Core §7.1: required from ping clients, at most 1024 characters of RFC 6750 §2.1
+/// `b64token` syntax (so it fits an `Authorization: Bearer` header as it is).
+fn notification_token(raw: Option<&str>) -> Result<Zeroizing<String>, OAuthError> {
+    let token = raw.filter(|t| !t.is_empty()).ok_or_else(|| {
+        OAuthError::invalid_request("client_notification_token is required: the client is registered for ping mode")
+    })?;
+    if token.len() > MAX_NOTIFICATION_TOKEN_CHARS {
+        return Err(OAuthError::invalid_request(format!(
+            "client_notification_token may have at most {MAX_NOTIFICATION_TOKEN_CHARS} characters"
+        )));
+    }
+    let body = token.trim_end_matches('=');
+    let b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/');
+    if body.is_empty() || !body.chars().all(b64) {
+        return Err(OAuthError::invalid_request(
+            "client_notification_token must be a Bearer token (RFC 6750 b64token)",
+        ));
+    }
+    Ok(Zeroizing::new(token.to_owned()))
+}
+
+/// The KEK record id that binds a request's sealed callback secrets to that request.
+pub(crate) fn notify_record_id(req_hash: &str) -> String {
+    format!("ciba-notify:{req_hash}")
+}
+
+/// Seals what a ping callback needs and Mandate otherwise never keeps in clear: the
+/// `auth_req_id` (stored as a hash) and the client's notification token.
+fn seal_callback(authz: &Authz, req_hash: &str, auth_req_id: &str, token: &str) -> Result<String, OAuthError> {
+    let plain = Zeroizing::new(serde_json::json!({"auth_req_id": auth_req_id, "token": token}).to_string());
+    let sealed = authz.keys.seal_secret(&notify_record_id(req_hash), plain.as_bytes());
+    let sealed = sealed.map_err(|e| OAuthError::server_error(format!("the callback could not be sealed: {e}")))?;
+    Ok(STANDARD.encode(sealed))
 }
 
 /// CIBA Core §7.3.
@@ -89,6 +196,12 @@ async fn start(
         return Err(OAuthError::new(OAuthErrorCode::UnauthorizedClient, why));
     }
     let agent = client.agent()?;
+    let mode = delivery_mode(&client.client)?;
+    // Poll clients' tokens are ignored (CIBA Core §7.1 asks for one only in ping and push mode).
+    let notify_token = match &mode {
+        DeliveryMode::Ping { .. } => Some(notification_token(request.client_notification_token.as_deref())?),
+        DeliveryMode::Poll => None,
+    };
     if request.user_code.is_some() {
         return Err(OAuthError::invalid_request("user_code is not supported"));
     }
@@ -100,9 +213,16 @@ async fn start(
     let expires_in = requested_expiry(request.requested_expiry.as_deref())?;
     let details = authorization_details(request.authorization_details.as_deref())?;
     let auth_req_id = random_token("");
+    let req_hash = hash_secret(&auth_req_id);
+    let (notify_endpoint, notify_sealed) = match (mode, notify_token) {
+        (DeliveryMode::Ping { endpoint }, Some(token)) => {
+            (Some(endpoint), Some(seal_callback(authz, &req_hash, &auth_req_id, &token)?))
+        }
+        _ => (None, None),
+    };
     let now_ms = authz.clock.now_ms();
     let stored = CibaRequest {
-        req_hash: hash_secret(&auth_req_id),
+        req_hash,
         approval_id: random_token(""),
         client_id: client.client.client_id.clone(),
         owner: owner.clone(),
@@ -115,6 +235,8 @@ async fn start(
         last_poll_ms: None,
         decided_at_ms: None,
         created_at_ms: now_ms,
+        notify_endpoint,
+        notify_sealed,
     };
     describe(event, &stored);
     let response = BcAuthorizeResponse { auth_req_id, expires_in, interval: INTERVAL_SECS };
@@ -199,7 +321,13 @@ fn describe(event: &mut AuditEvent, request: &CibaRequest) {
     event.subject = Some(request.owner.clone());
     event.resource = Some(request.resource.clone());
     event.scope = Some(request.scope.clone());
-    event.detail = Some(format!("ciba={}", &request.req_hash[..16.min(request.req_hash.len())]));
+    let mode = if request.notify_endpoint.is_some() { MODE_PING } else { MODE_POLL };
+    event.detail = Some(format!("ciba={} mode={mode}", short_hash(&request.req_hash)));
+}
+
+/// The prefix of a request hash that names it in audit details.
+pub(crate) fn short_hash(req_hash: &str) -> &str {
+    req_hash.get(..16).unwrap_or(req_hash)
 }
 
 /// The token endpoint's CIBA grant (CIBA Core §10, §11): the same client only; pending,
@@ -271,6 +399,7 @@ async fn issue(
         actor: client.agent.as_ref().map(|agent| actor_claim(agent, None)),
         jkt: None,
         extra: details.into_iter().map(|d| (AUTHORIZATION_DETAILS_CLAIM, d)).collect(),
+        grant_type: GRANT_CIBA,
     };
     let mut response: TokenResponse = sign_access_token(authz, &token, event)?;
     let sign_in = SignIn {
@@ -371,7 +500,7 @@ pub async fn decide(authz: &Authz, form: ApprovalForm, correlation_id: &str) -> 
     match decide_inner(authz, form, decision, &mut event).await {
         Err(error) if error.description == WRONG_PASSWORD => {
             // Counted with its audit event, so guessing ends with a denied request.
-            let failed = Mutation::FailCibaDecision { approval_id, max: MAX_FAILURES };
+            let failed = Mutation::FailCibaDecision { approval_id, max: MAX_FAILURES, now_ms: authz.clock.now_ms() };
             let event = event.refused(error.code.as_str(), &error.description);
             // A refused count means the request was decided meanwhile: nothing left to guard.
             let _counted = authz.log.apply(failed, event).await.map_err(crate::audit_failure)?;
@@ -444,6 +573,71 @@ mod tests {
         assert_eq!(requested_scope(Some("read")).unwrap_err().code, OAuthErrorCode::InvalidScope);
         assert_eq!(requested_scope(Some("openid")).unwrap_err().code, OAuthErrorCode::InvalidScope);
         assert_eq!(requested_scope(None).unwrap_err().code, OAuthErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn notification_tokens_are_required_bounded_bearer_tokens() {
+        assert_eq!(notification_token(Some("abc-._~+/DEF==")).unwrap().as_str(), "abc-._~+/DEF==");
+        let max = "t".repeat(MAX_NOTIFICATION_TOKEN_CHARS);
+        assert!(notification_token(Some(&max)).is_ok());
+        let too_long = "t".repeat(MAX_NOTIFICATION_TOKEN_CHARS + 1);
+        for bad in [None, Some(""), Some("has space"), Some("a=b"), Some("=="), Some("é"), Some(too_long.as_str())] {
+            assert_eq!(notification_token(bad).unwrap_err().code, OAuthErrorCode::InvalidRequest, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn delivery_registration_rules() {
+        let ciba = vec![GRANT_CIBA.to_owned()];
+        let other = vec!["client_credentials".to_owned()];
+        let ping = registered_delivery(Some("ping"), Some("https://agent.example/cb"), &ciba, false).unwrap();
+        assert_eq!(
+            Value::Object(ping),
+            serde_json::json!({
+                "backchannel_token_delivery_mode": "ping",
+                "backchannel_client_notification_endpoint": "https://agent.example/cb",
+            })
+        );
+        assert_eq!(registered_delivery(Some("poll"), None, &ciba, false).unwrap().len(), 1);
+        assert!(registered_delivery(None, None, &other, false).unwrap().is_empty());
+        let loopback = "http://127.0.0.1:9/cb";
+        assert!(registered_delivery(Some("ping"), Some(loopback), &ciba, true).is_ok(), "tests on one host");
+        let refused = [
+            (Some("ping"), None, &ciba, false),
+            (Some("ping"), Some(loopback), &ciba, false),
+            (Some("ping"), Some("http://agent.example/cb"), &ciba, true),
+            (Some("ping"), Some("https://agent.example/cb#f"), &ciba, false),
+            (Some("poll"), Some("https://agent.example/cb"), &ciba, false),
+            (None, Some("https://agent.example/cb"), &ciba, false),
+            (Some("push"), Some("https://agent.example/cb"), &ciba, false),
+            (Some("ping"), Some("https://agent.example/cb"), &other, false),
+        ];
+        for (mode, endpoint, grants, insecure) in refused {
+            assert!(registered_delivery(mode, endpoint, grants, insecure).is_err(), "{mode:?} {endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn a_clients_delivery_mode_comes_from_its_metadata() {
+        let client = |metadata: Option<&str>| Client {
+            client_id: "c".into(),
+            agent: None,
+            auth_method: mandate_core::ClientAuthMethod::ClientSecretBasic,
+            secret_hash: None,
+            jwks: None,
+            can_introspect: false,
+            redirect_uris: vec![],
+            grant_types: vec![GRANT_CIBA.into()],
+            client_name: None,
+            metadata: metadata.map(str::to_owned),
+            created_at_ms: 0,
+        };
+        assert_eq!(delivery_mode(&client(None)).unwrap(), DeliveryMode::Poll);
+        assert_eq!(delivery_mode(&client(Some(r#"{"backchannel_logout_uri":"x"}"#))).unwrap(), DeliveryMode::Poll);
+        let ping =
+            r#"{"backchannel_token_delivery_mode":"ping","backchannel_client_notification_endpoint":"https://a/cb"}"#;
+        assert_eq!(delivery_mode(&client(Some(ping))).unwrap(), DeliveryMode::Ping { endpoint: "https://a/cb".into() });
+        assert!(delivery_mode(&client(Some(r#"{"backchannel_token_delivery_mode":"ping"}"#))).is_err());
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub(crate) async fn redeem(
         family: &grant.family,
         jkt: jkt.as_deref(),
         bind_refresh: jkt.as_deref().filter(|_| !client.is_confidential()),
+        grant_type: GRANT_AUTHORIZATION_CODE,
     };
     let (mut response, create_refresh) = issue_for_person(authz, client, &person, event)?;
     if scope.contains(SCOPE_OPENID) {

@@ -126,6 +126,7 @@ async fn delegate(
         actor,
         jkt: jkt(dpop.as_ref()),
         extra,
+        grant_type: GRANT_TOKEN_EXCHANGE,
     };
     let mut response = sign_access_token(authz, &token, event)?;
     response.issued_token_type = Some(TOKEN_TYPE_ACCESS_TOKEN);

@@ -208,7 +208,7 @@ pub(crate) async fn jwt_bearer(
     let scope = granted_scope(&agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
     let federated = json!({"iss": issuer, "sub": subject, "rule": rule.name.as_str()});
-    let mut token = AccessToken::for_agent(&agent, &client_id, &resource, &scope)
+    let mut token = AccessToken::for_agent(&agent, &client_id, &resource, &scope, GRANT_JWT_BEARER)
         .ttl(authz.config.access_token_ttl_secs.min(rule.max_ttl_secs));
     token.extra.push((FEDERATED_CLAIM, federated));
     token.jkt = dpop_jkt;

@@ -119,6 +119,16 @@ pub(crate) async fn issue(
     event.resource = Some(target.resource.clone());
     let scope = target_scope(&target, request.scope.as_deref())?;
     event.scope = Some(scope.to_string());
+    let scopes: Vec<String> = scope.iter().map(str::to_owned).collect();
+    let decided = crate::policy::IdJagDecision {
+        agent: agent.spiffe_id.as_str(),
+        client_id: &client.client.client_id,
+        owner: agent.owner.as_str(),
+        subject: &assertion.subject,
+        resource: &target.resource,
+        scopes: &scopes,
+    };
+    crate::policy::check_id_jag(authz, &decided, event)?;
     let act = crate::token::actor_claim(agent, None);
     let (id_jag, jti) = sign_id_jag(authz, &assertion, &target, &scope, act, jkt(dpop.as_ref()))?;
     event.jti = Some(jti);
@@ -314,6 +324,7 @@ async fn redeem(
         actor: id_jag.claims.get("act").filter(|a| a.is_object()).cloned(),
         jkt: bound,
         extra: vec![(IDP_CLAIM, Value::String(id_jag.idp.issuer.clone()))],
+        grant_type: crate::federation::GRANT_JWT_BEARER,
     };
     let response = sign_access_token(authz, &token, event)?;
     let spent = Mutation::ConsumeOnce {

@@ -116,6 +116,19 @@ impl Keyring {
         Ok(())
     }
 
+    /// Seals a small secret a record must keep (a CIBA client's notification token) under the
+    /// KEK, bound to `record_id`. Record ids contain a `:` (`purpose:id`), so they never equal a
+    /// key id, and a blob sealed for one record cannot be opened as another's or as a key.
+    pub fn seal_secret(&self, record_id: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
+        debug_assert!(record_id.contains(':'), "record ids are namespaced");
+        Ok(self.kek.seal(record_id, plaintext)?)
+    }
+
+    /// Opens what [`Self::seal_secret`] sealed for the same `record_id`.
+    pub fn open_secret(&self, record_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyringError> {
+        Ok(self.kek.open(record_id, sealed)?)
+    }
+
     /// The access-token signing key for `alg`.
     pub fn signer(&self, alg: Alg) -> Result<Arc<SigningKey>, KeyringError> {
         self.signer_for(PURPOSE_TOKEN, alg)

@@ -17,6 +17,7 @@ pub mod introspect;
 pub mod jwks_fetch;
 pub mod keyring;
 pub mod password;
+pub mod policy;
 pub mod refresh;
 pub mod register;
 pub mod registry;
@@ -106,6 +107,8 @@ pub struct Authz {
     pub cimd_cache: Arc<cimd::MetadataCache>,
     /// This process's DPoP nonces (RFC 9449 §8), used when `dpop_nonce_required`.
     pub dpop_nonces: Arc<dpop::NonceSource>,
+    /// The active Cedar policy set (empty until one is stored; see `policy`).
+    pub policy: Arc<mandate_policy::PolicyEngine>,
 }
 
 /// The longest an access token may live; retired keys stay published this long.
@@ -134,6 +137,7 @@ impl Authz {
             jwks_cache: Default::default(),
             cimd_cache: Default::default(),
             dpop_nonces: Default::default(),
+            policy: Arc::new(mandate_policy::PolicyEngine::empty()),
         })
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Person<'a> {
     pub jkt: Option<&'a str>,
     /// The key the refresh token stays bound to (public clients only).
     pub bind_refresh: Option<&'a str>,
+    /// `authorization_code` or `refresh_token`.
+    pub grant_type: &'static str,
 }
 
 /// The `refresh_token` grant: rotation with reuse detection.
@@ -97,6 +99,7 @@ pub(crate) async fn refresh(
         family: &stored.family,
         jkt: jkt.as_deref(),
         bind_refresh: bind_refresh.as_deref(),
+        grant_type: GRANT_REFRESH_TOKEN,
     };
     let (response, create_next) = issue_for_person(authz, client, &person, event)?;
     let mut mutations = vec![Mutation::UseRefreshToken { token_hash, now_ms }, create_next];
@@ -122,6 +125,7 @@ pub(crate) fn issue_for_person(
         actor: client.agent.as_ref().map(|agent| actor_claim(agent, None)),
         jkt: person.jkt,
         extra: vec![(GRANT_CLAIM, Value::String(person.family.to_owned()))],
+        grant_type: person.grant_type,
     };
     let mut response = sign_access_token(authz, &token, event)?;
     event.owner = Some(person.owner.to_owned());

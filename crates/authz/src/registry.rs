@@ -48,6 +48,10 @@ pub struct NewClient {
     pub client_name: Option<String>,
     /// OpenID Connect Back-Channel Logout: where logout tokens for this client are posted.
     pub backchannel_logout_uri: Option<String>,
+    /// CIBA (`poll` or `ping`); only with the CIBA grant. Unset means poll.
+    pub backchannel_token_delivery_mode: Option<String>,
+    /// CIBA ping mode: where callbacks are posted (https; loopback http only in insecure test setups).
+    pub backchannel_client_notification_endpoint: Option<String>,
 }
 
 /// Grants an agent's client may use unless registered otherwise.
@@ -167,13 +171,18 @@ fn prepare_client(authz: &Authz, new: NewClient) -> Result<(Mutation, CreatedCli
         check_redirect_uri(uri).map_err(invalid)?;
     }
     let grant_types = client_grants(agent.is_some(), auth_method, &new.redirect_uris, new.grant_types)?;
-    let metadata = match new.backchannel_logout_uri {
-        Some(uri) => {
-            crate::register::check_web_url(&uri).map_err(|why| invalid(format!("backchannel_logout_uri {why}")))?;
-            Some(serde_json::json!({"backchannel_logout_uri": uri}).to_string())
-        }
-        None => None,
-    };
+    let mut metadata = crate::ciba::registered_delivery(
+        new.backchannel_token_delivery_mode.as_deref(),
+        new.backchannel_client_notification_endpoint.as_deref(),
+        &grant_types,
+        authz.config.allow_insecure_federation,
+    )
+    .map_err(invalid)?;
+    if let Some(uri) = new.backchannel_logout_uri {
+        crate::register::check_web_url(&uri).map_err(|why| invalid(format!("backchannel_logout_uri {why}")))?;
+        metadata.insert("backchannel_logout_uri".into(), serde_json::Value::String(uri));
+    }
+    let metadata = (!metadata.is_empty()).then(|| serde_json::Value::Object(metadata).to_string());
     let client = Client {
         client_id,
         agent,

@@ -156,7 +156,8 @@ async fn client_credentials(
     let agent = client.agent()?;
     let scope = granted_scope(agent, &resource, requested_scope)?;
     event.scope = Some(scope.to_string());
-    let mut token = AccessToken::for_agent(agent, &client.client.client_id, &resource, &scope);
+    let mut token =
+        AccessToken::for_agent(agent, &client.client.client_id, &resource, &scope, GRANT_CLIENT_CREDENTIALS);
     token.jkt = dpop_jkt;
     sign_access_token(authz, &token.ttl(authz.config.access_token_ttl_secs), event)
 }
@@ -238,11 +239,19 @@ pub(crate) struct AccessToken<'a> {
     pub jkt: Option<&'a str>,
     /// Further private claims (e.g. `mandate_federated`, `mandate_grant`).
     pub extra: Vec<(&'static str, Value)>,
+    /// The grant issuing it (policy decides `exchange` for RFC 8693, `issue` for the rest).
+    pub grant_type: &'static str,
 }
 
 impl<'a> AccessToken<'a> {
     /// A token for an agent acting on its own account.
-    pub fn for_agent(agent: &'a Agent, client_id: &'a str, resource: &'a Resource, scope: &'a ScopeSet) -> Self {
+    pub fn for_agent(
+        agent: &'a Agent,
+        client_id: &'a str,
+        resource: &'a Resource,
+        scope: &'a ScopeSet,
+        grant_type: &'static str,
+    ) -> Self {
         Self {
             subject: agent.spiffe_id.as_str(),
             owner: Some(agent.owner.as_str()),
@@ -253,6 +262,7 @@ impl<'a> AccessToken<'a> {
             actor: None,
             jkt: None,
             extra: Vec::new(),
+            grant_type,
         }
     }
 
@@ -276,6 +286,7 @@ pub(crate) fn sign_access_token(
     token: &AccessToken<'_>,
     event: &mut AuditEvent,
 ) -> Result<TokenResponse, OAuthError> {
+    crate::policy::check_access_token(authz, token, event)?;
     let config = &authz.config;
     let now = authz.clock.now_secs();
     let jti = new_jti();

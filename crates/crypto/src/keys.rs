@@ -314,15 +314,27 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 }
 
 /// RFC 7638 JWK thumbprint (SHA-256, base64url) over the required members, which `members`
-/// must hold exactly; `serde_json`'s map is sorted, giving the lexicographic order RFC 7638 needs.
+/// must hold exactly. The members are sorted here: `serde_json`'s map keeps insertion order
+/// whenever any crate in the build enables its `preserve_order` feature (Cedar does).
 pub fn thumbprint(members: &Value) -> String {
-    let canonical = members.to_string();
+    let sorted: std::collections::BTreeMap<&String, &Value> =
+        members.as_object().map(|object| object.iter().collect()).unwrap_or_default();
+    let canonical = serde_json::to_string(&sorted).unwrap_or_default();
     URL_SAFE_NO_PAD.encode(sha256(canonical.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbprints_do_not_depend_on_member_order() {
+        let mut members = serde_json::Map::new();
+        members.insert("x".into(), json!("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"));
+        members.insert("kty".into(), json!("OKP"));
+        members.insert("crv".into(), json!("Ed25519"));
+        assert_eq!(thumbprint(&Value::Object(members)), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
 
     #[test]
     fn okp_thumbprint_matches_rfc8037_vector() {

@@ -3,6 +3,10 @@
 //! minted in process (co-located) or over HTTP by a remote Transaction Token Service, strips the
 //! inbound credentials and streams the exchange both ways.
 
+pub mod approval;
+pub mod budget;
+pub mod content;
+pub mod governance;
 mod headers;
 mod keys;
 pub mod mcp;
@@ -10,6 +14,7 @@ mod mint;
 mod proxy;
 mod remote;
 
+pub use governance::{CallFacts, Governance, GovernanceConfig, GovernanceError, Verdict};
 pub use keys::KeyringKeys;
 pub use mcp::McpCall;
 pub use mint::{InProcessMinter, MintInput, MintOutcome, Minted, TxnMinter};

@@ -1,11 +1,11 @@
-//! Just enough JSON-RPC to know what an MCP request does: its `method` and, for `tools/call`,
-//! the tool's name. The gateway records them in the Txn-Token's `tctx` and in its audit event;
-//! it never rewrites the body.
+//! Just enough JSON-RPC to know what an MCP request does: its `method`, its `id` and, for
+//! `tools/call`, the tool's name and arguments. The gateway records method and tool in the
+//! Txn-Token's `tctx` and in its audit event; governance (budgets, approvals) uses the rest.
 
 use serde_json::{Map, Value, json};
 
-/// The most calls of one batch that are described.
-const MAX_BATCH: usize = 32;
+/// The most calls of one batch that are described (governance refuses longer batches).
+pub const MAX_BATCH: usize = 32;
 /// Longer method or tool names are cut (they end up in tokens and audit entries).
 const MAX_NAME: usize = 128;
 
@@ -15,6 +15,10 @@ pub struct McpCall {
     pub method: String,
     /// `params.name` of a `tools/call`.
     pub tool: Option<String>,
+    /// `params.arguments` of a `tools/call` (bounded by the body limit the gateway reads).
+    pub arguments: Option<Value>,
+    /// The JSON-RPC `id` (a string or number); `None` for notifications.
+    pub id: Option<Value>,
 }
 
 /// The calls in a JSON-RPC body: one request, or each of a batch. Empty when the body is not
@@ -32,11 +36,11 @@ fn call(message: &Value) -> Option<McpCall> {
         return None;
     }
     let method = message.get("method").and_then(Value::as_str)?;
-    let tool = (method == "tools/call")
-        .then(|| message.pointer("/params/name").and_then(Value::as_str))
-        .flatten()
-        .map(bounded);
-    Some(McpCall { method: bounded(method), tool })
+    let is_tool_call = method == "tools/call";
+    let tool = is_tool_call.then(|| message.pointer("/params/name").and_then(Value::as_str)).flatten().map(bounded);
+    let arguments = is_tool_call.then(|| message.pointer("/params/arguments").cloned()).flatten();
+    let id = message.get("id").filter(|id| id.is_string() || id.is_number()).cloned();
+    Some(McpCall { method: bounded(method), tool, arguments, id })
 }
 
 fn bounded(name: &str) -> String {
@@ -70,7 +74,13 @@ mod tests {
     #[test]
     fn a_tool_call_names_its_tool() {
         let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add_note","arguments":{}}}"#;
-        assert_eq!(inspect(body), [McpCall { method: "tools/call".into(), tool: Some("add_note".into()) }]);
+        let call = McpCall {
+            method: "tools/call".into(),
+            tool: Some("add_note".into()),
+            arguments: Some(json!({})),
+            id: Some(json!(3)),
+        };
+        assert_eq!(inspect(body), [call]);
         let mut out = Map::new();
         details(&inspect(body), &mut out);
         assert_eq!(Value::Object(out), json!({"mcp_method": "tools/call", "tool": "add_note"}));
@@ -79,7 +89,8 @@ mod tests {
     #[test]
     fn other_methods_carry_no_tool() {
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"ignored"}}"#;
-        assert_eq!(inspect(body), [McpCall { method: "tools/list".into(), tool: None }]);
+        let call = McpCall { method: "tools/list".into(), tool: None, arguments: None, id: Some(json!(1)) };
+        assert_eq!(inspect(body), [call]);
     }
 
     #[test]
@@ -100,6 +111,19 @@ mod tests {
         for body in [&b"not json"[..], br#"{"method":"x"}"#, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, b"42"] {
             assert!(inspect(body).is_empty(), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn arguments_and_ids_are_kept() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"t","arguments":{"q":[1,"x"]}}}"#;
+        let call = &inspect(body)[0];
+        assert_eq!((call.arguments.clone(), call.id.clone()), (Some(json!({"q": [1, "x"]})), Some(json!("a-1"))));
+        let notification = br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#;
+        let call = &inspect(notification)[0];
+        assert_eq!((call.arguments.clone(), call.id.clone()), (None, None));
+        let odd_id = br#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#;
+        assert_eq!(inspect(odd_id)[0].id, None, "ids are strings or numbers");
     }
 
     #[test]

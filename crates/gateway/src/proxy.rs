@@ -1,13 +1,14 @@
 //! The proxy itself: per request, verify the access token (the guard, DPoP included), read and
-//! describe a JSON-RPC body, mint a Txn-Token, audit `gateway.forward`, and forward the request
-//! with the Txn-Token instead of the inbound credentials; the response streams back unbuffered.
+//! describe a JSON-RPC body, apply governance (content checks, approvals, budgets) when
+//! configured, mint a Txn-Token, audit `gateway.forward`, and forward the request with the
+//! Txn-Token instead of the inbound credentials; the response streams back unbuffered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -27,6 +28,8 @@ use mandate_guard::{
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use crate::budget::SessionKey;
+use crate::governance::{self, Decision, Endpoints, Governance, Inbound};
 use crate::headers::{strip_hop_by_hop, upstream_request_headers};
 use crate::keys::KeyringKeys;
 use crate::mcp::{self, McpCall};
@@ -107,6 +110,8 @@ pub struct Gateway {
     log: Option<AuditLog>,
     client: Client<HttpConnector, Body>,
     agent_prefix: String,
+    /// Content checks, approvals, budgets; `None` forwards every authenticated request.
+    governance: Option<Arc<Governance>>,
 }
 
 impl Gateway {
@@ -122,7 +127,15 @@ impl Gateway {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).http2_only(config.upstream_http2).build(connector);
-        Self { config, guard, minter, log, client, agent_prefix: format!("spiffe://{trust_domain}/agent/") }
+        Self {
+            config,
+            guard,
+            minter,
+            log,
+            client,
+            agent_prefix: format!("spiffe://{trust_domain}/agent/"),
+            governance: None,
+        }
     }
 
     /// The gateway in front of `config.upstream`, trusting and minting with `authz`.
@@ -148,6 +161,22 @@ impl Gateway {
         self
     }
 
+    /// The same gateway governed by `governance`; approvals are asked for at the first trusted
+    /// issuer's CIBA endpoint, for this gateway's resource.
+    pub fn with_governance(mut self, governance: Governance) -> Self {
+        let config = self.guard.config();
+        let issuer = config.issuers.first().map(|i| i.trim_end_matches('/')).unwrap_or_default();
+        let mut scope = vec!["openid".to_owned()];
+        scope.extend(self.config.scopes.to_vec());
+        let endpoints = Endpoints {
+            resource: config.resource.clone(),
+            backchannel_authentication_endpoint: format!("{issuer}/oauth2/bc-authorize"),
+            scope: scope.join(" "),
+        };
+        self.governance = Some(Arc::new(governance.with_endpoints(endpoints)));
+        self
+    }
+
     /// Every path is proxied, except the gateway's own Protected Resource Metadata.
     pub fn router(self: Arc<Self>) -> Router {
         let metadata_path = Url::parse(&self.guard.config().resource_metadata_url).map(|u| u.path().to_owned());
@@ -159,7 +188,7 @@ impl Gateway {
     }
 
     async fn handle(&self, request: Request, correlation: &str) -> Response {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let (principal, token) = match self.authenticate(&parts).await {
             Ok(found) => found,
             Err(rejection) => {
@@ -169,13 +198,32 @@ impl Gateway {
                 return self.refuse(event, rejection.into_response()).await;
             }
         };
-        let (body, calls) = match self.read_body(&parts, body).await {
+        let (mut body, read, calls) = match self.read_body(&parts, body).await {
             Ok(read) => read,
             Err(refusal) => {
                 let event = self.event(correlation, Some(&principal), &parts).refused(refusal.code, refusal.detail);
                 return self.refuse(event, refusal.into_response()).await;
             }
         };
+        let mut governed = None;
+        if let Some(governance) = &self.governance {
+            match self.govern(governance, &principal, &parts, &read, &calls) {
+                Decision::Admit(admitted) => {
+                    if let Some(redacted) = admitted.body {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        body = Body::from(redacted);
+                    }
+                    governed = admitted.detail;
+                }
+                Decision::Refuse(refusal) => {
+                    let mut event = self.event(correlation, Some(&principal), &parts);
+                    let detail = format!("{} {}", detail(&parts, &calls), refusal.audit_detail);
+                    event = event.refused(refusal.code, &detail);
+                    event.action = "gateway.deny".into();
+                    return self.refuse(event, refusal.into_response()).await;
+                }
+            }
+        }
         let input = MintInput {
             subject_token: &token,
             subject_claims: &principal.claims,
@@ -196,7 +244,10 @@ impl Gateway {
             }
         };
         let mut event = self.event(correlation, Some(&principal), &parts);
-        event.detail = Some(detail(&parts, &calls));
+        event.detail = Some(match governed {
+            Some(noted) => format!("{} {noted}", detail(&parts, &calls)),
+            None => detail(&parts, &calls),
+        });
         event.txn = Some(minted.txn.clone());
         // Durable audit first: a call the log cannot record is not forwarded.
         if let Err(e) = self.record(mint_event, event.clone()).await {
@@ -236,18 +287,67 @@ impl Gateway {
         Ok((principal, token))
     }
 
-    /// A JSON POST body is read (bounded) to learn its MCP calls; any other body streams through.
-    async fn read_body(&self, parts: &Parts, body: Body) -> Result<(Body, Vec<McpCall>), BodyRefusal> {
-        if !is_json_post(parts) {
-            return Ok((body, Vec::new()));
+    /// A JSON POST body is read (bounded) to learn its MCP calls; with content checks, JSON,
+    /// text and form bodies of any method are read too. Any other body streams through.
+    async fn read_body(&self, parts: &Parts, body: Body) -> Result<(Body, ReadBody, Vec<McpCall>), BodyRefusal> {
+        let scanning = self.governance.as_ref().is_some_and(|g| g.scans_content());
+        let kind = match scanning {
+            false => ReadBody::Streamed,
+            // The body itself says whether it is empty (HTTP/2 bodies need no Content-Length).
+            true if body.is_end_stream() => ReadBody::Empty,
+            true => body_kind(parts),
+        };
+        let kind = match kind {
+            ReadBody::Streamed | ReadBody::Unscannable if is_json_post(parts) => ReadBody::Json(Bytes::new()),
+            other => other,
+        };
+        if matches!(kind, ReadBody::Streamed | ReadBody::Unscannable | ReadBody::Empty) {
+            return Ok((body, kind, Vec::new()));
         }
         let bytes: Bytes = match Limited::new(body, self.config.max_json_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(BodyRefusal::too_large()),
             Err(_) => return Err(BodyRefusal::unreadable()),
         };
-        let calls = mcp::inspect(&bytes);
-        Ok((Body::from(bytes), calls))
+        let calls = if is_json_post(parts) { mcp::inspect(&bytes) } else { Vec::new() };
+        let read = match kind {
+            ReadBody::Json(_) => ReadBody::Json(bytes.clone()),
+            ReadBody::Text(_) => ReadBody::Text(bytes.clone()),
+            ReadBody::Form(_) => ReadBody::Form(bytes.clone()),
+            other => other,
+        };
+        Ok((Body::from(bytes), read, calls))
+    }
+
+    /// Governance's decision on an authenticated request.
+    fn govern(
+        &self,
+        governance: &Governance,
+        principal: &Principal,
+        parts: &Parts,
+        read: &ReadBody,
+        calls: &[McpCall],
+    ) -> Decision {
+        let mcp_session = match governance::mcp_session_id(&parts.headers) {
+            Ok(id) => id,
+            Err(refusal) => return Decision::Refuse(refusal),
+        };
+        // Sessions are per agent (or client, for tokens without one) and subject; see
+        // docs/governance.md for why the MCP session id is only an extra, narrower counter.
+        let agent = self.agent_of(principal);
+        let session = SessionKey {
+            agent: agent.unwrap_or(principal.client_id.as_str()).to_owned(),
+            subject: principal.subject.clone(),
+        };
+        let body = match read {
+            ReadBody::Json(bytes) => governance::Body::Json(bytes),
+            ReadBody::Text(bytes) => governance::Body::Text(bytes),
+            ReadBody::Form(bytes) => governance::Body::Form(bytes),
+            ReadBody::Unscannable => governance::Body::Unscannable,
+            ReadBody::Empty | ReadBody::Streamed => governance::Body::Empty,
+        };
+        let (http_method, path) = (parts.method.as_str(), parts.uri.path());
+        governance.evaluate(&Inbound { principal, agent, http_method, path, session, mcp_session, body, calls })
     }
 
     /// Forwards to the upstream with the Txn-Token in place of the inbound credentials.
@@ -314,6 +414,45 @@ impl Gateway {
             tracing::error!(error = %e, "audit failure");
         }
         response
+    }
+}
+
+/// What the gateway read of a request body.
+enum ReadBody {
+    /// Not read: no content checks, and not a JSON POST.
+    Streamed,
+    /// No body at all.
+    Empty,
+    Json(Bytes),
+    Text(Bytes),
+    Form(Bytes),
+    /// A body content checks cannot read (another type, or a `Content-Encoding`).
+    Unscannable,
+}
+
+/// How content checks treat a non-empty request body, from its headers (the bytes are read later).
+fn body_kind(parts: &Parts) -> ReadBody {
+    let headers = &parts.headers;
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.to_str().is_ok_and(|e| e.trim().eq_ignore_ascii_case("identity")));
+    if encoded {
+        return ReadBody::Unscannable;
+    }
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if essence == "application/json" || essence.ends_with("+json") {
+        ReadBody::Json(Bytes::new())
+    } else if essence.starts_with("text/") {
+        ReadBody::Text(Bytes::new())
+    } else if essence == "application/x-www-form-urlencoded" {
+        ReadBody::Form(Bytes::new())
+    } else {
+        ReadBody::Unscannable
     }
 }
 

@@ -1,13 +1,16 @@
 //! `mandate audit`: export, receipts and queries on a data directory, and the offline checks
 //! (`verify`, `verify-receipt`) that need only a file and the log's verifier key.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mandate_audit::query::QueryParams;
 use mandate_audit_verify::VerifierKey;
 use mandate_authz::Authz;
@@ -111,9 +114,13 @@ pub async fn audit(authz: &Authz, cmd: AuditCmd, out: &Output) -> anyhow::Result
 }
 
 async fn export(authz: &Authz, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut writer = output_file(path.as_deref())?;
-    let entries = mandate_audit::export(&authz.log, writer.as_mut()).await?;
+    // Lines the export will write: header, entries, stored checkpoints, the fresh checkpoint.
+    let lines = authz.store.audit_len().await? + authz.store.checkpoints().await?.len() as u64 + 2;
+    let progress = Progress::start("audit export", "lines", lines);
+    let mut writer = CountingWriter { inner: output_file(path.as_deref())?, progress };
+    let entries = mandate_audit::export(&authz.log, &mut writer).await?;
     writer.flush()?;
+    writer.progress.finish();
     if let Some(p) = path {
         eprintln!("exported {entries} entries to {}", p.display());
     }
@@ -132,7 +139,7 @@ fn output_file(path: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
 async fn receipt(authz: &Authz, args: &ReceiptArgs) -> anyhow::Result<()> {
     let receipt = mandate_audit::receipt::receipt(&authz.log, args.seq).await?;
     let mut writer = output_file(args.out.as_deref())?;
-    writer.write_all(mandate_audit::receipt::receipt_text(&receipt).as_bytes())?;
+    writer.write_all(mandate_audit::receipt::receipt_text(&receipt)?.as_bytes())?;
     writer.flush()?;
     if let Some(p) = &args.out {
         eprintln!("receipt for event {} written to {}", args.seq, p.display());
@@ -207,7 +214,9 @@ fn read_key(key: &str) -> anyhow::Result<VerifierKey> {
 fn verify_export(args: &VerifyArgs, json: bool) -> anyhow::Result<ExitCode> {
     let key = read_key(&args.key)?;
     let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let reader = std::io::BufReader::new(file);
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = Progress::start("audit verify", "bytes", size);
+    let reader = std::io::BufReader::new(CountingReader { inner: file, progress: progress.clone() });
     let result = match &args.trusted_checkpoint {
         Some(path) => {
             let note = crate::commands::read_text(path)?;
@@ -220,6 +229,7 @@ fn verify_export(args: &VerifyArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         None => mandate_audit_verify::verify_export(reader, &key),
     };
+    progress.finish();
     let (message, value) = match &result {
         Ok(report) => (
             format!("OK: {} entries, {} checkpoints verified", report.entries, report.checkpoints),
@@ -261,4 +271,133 @@ fn report(json: bool, message: &str, value: &Value, ok: bool) -> anyhow::Result<
         println!("{message}");
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Without a terminal, a progress line is printed this often (and none for short runs).
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Progress of a long audit command on standard error: a bar when standard error is a
+/// terminal; otherwise a plain line every [`PLAIN_PROGRESS_EVERY`], so logs show the command
+/// is alive. Standard output (the export itself, `--json` answers) is never touched.
+#[derive(Clone)]
+struct Progress {
+    inner: Arc<Mutex<ProgressState>>,
+}
+
+struct ProgressState {
+    what: &'static str,
+    unit: &'static str,
+    total: u64,
+    done: u64,
+    bar: Option<ProgressBar>,
+    /// `None`: no plain lines at all (a bar is shown, or the progress is hidden).
+    next_line: Option<Instant>,
+}
+
+impl Progress {
+    fn start(what: &'static str, unit: &'static str, total: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {prefix} ({eta})") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what);
+            bar.set_prefix(unit);
+            bar
+        });
+        let next_line = (!terminal).then(|| Instant::now() + PLAIN_PROGRESS_EVERY);
+        Self::with(ProgressState { what, unit, total, done: 0, bar, next_line })
+    }
+
+    fn with(state: ProgressState) -> Self {
+        Self { inner: Arc::new(Mutex::new(state)) }
+    }
+
+    fn advance(&self, amount: u64) {
+        let Ok(mut state) = self.inner.lock() else { return };
+        state.done = state.done.saturating_add(amount);
+        if let Some(bar) = &state.bar {
+            bar.set_position(state.done);
+        } else if let Some(due) = state.next_line.filter(|due| Instant::now() >= *due) {
+            eprintln!("{}: {}/{} {}", state.what, state.done, state.total, state.unit);
+            state.next_line = Some(due + PLAIN_PROGRESS_EVERY);
+        }
+    }
+
+    #[cfg(test)]
+    fn done(&self) -> u64 {
+        self.inner.lock().map(|s| s.done).unwrap_or(0)
+    }
+
+    fn finish(&self) {
+        if let Ok(state) = self.inner.lock()
+            && let Some(bar) = &state.bar
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Counts the lines written through it.
+struct CountingWriter {
+    inner: Box<dyn Write + Send>,
+    progress: Progress,
+}
+
+impl Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        let lines = buf[..written].iter().filter(|b| **b == b'\n').count();
+        self.progress.advance(lines as u64);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.progress.advance(read as u64);
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod progress_tests {
+    use super::*;
+
+    fn hidden() -> Progress {
+        Progress::with(ProgressState { what: "t", unit: "u", total: 0, done: 0, bar: None, next_line: None })
+    }
+
+    #[test]
+    fn the_writer_counts_lines_and_passes_bytes_through() {
+        let progress = hidden();
+        let mut writer = CountingWriter { inner: Box::new(Vec::new()), progress: progress.clone() };
+        write!(writer, "{{\"entry\":1}}\n{{\"entry\":").unwrap();
+        writeln!(writer, "2}}").unwrap();
+        writer.flush().unwrap();
+        assert_eq!(progress.done(), 2);
+    }
+
+    #[test]
+    fn the_reader_counts_bytes_and_passes_them_through() {
+        let progress = hidden();
+        let mut reader = CountingReader { inner: &b"line one\nline two\n"[..], progress: progress.clone() };
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "line one\nline two\n");
+        assert_eq!(progress.done(), 18);
+    }
 }

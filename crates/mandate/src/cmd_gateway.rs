@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use mandate_core::{ScopeSet, SystemClock, TrustDomain};
-use mandate_gateway::{CoLocated, Gateway, GatewayConfig, Remote, TtsClient};
+use mandate_core::{Clock, ScopeSet, SystemClock, TrustDomain};
+use mandate_gateway::{CoLocated, Gateway, GatewayConfig, Governance, GovernanceConfig, Remote, TtsClient};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -55,6 +55,14 @@ pub struct GatewayArgs {
     /// Remote mode: the trust domain, the Txn-Tokens' audience (default: the configured one).
     #[arg(long, requires = "tts_url")]
     trust_domain: Option<String>,
+    /// Governance file (TOML): session budgets, loop guard, content checks, tools needing the
+    /// owner's approval (docs/governance.md). Without it every authenticated call is forwarded.
+    #[arg(long)]
+    governance: Option<PathBuf>,
+    /// Remote mode: a Cedar policy file or directory deciding every call (co-located, the
+    /// server's stored set decides and this is refused).
+    #[arg(long, requires = "tts_url")]
+    policy_file: Option<PathBuf>,
     /// Remote mode: the RFC 8936 poll endpoint of the gateway client's Shared Signals stream, so
     /// revoked tokens are refused before they expire.
     #[arg(long, requires = "tts_url")]
@@ -77,6 +85,14 @@ pub async fn gateway(settings: &Settings, args: GatewayArgs) -> anyhow::Result<(
     let mut config = GatewayConfig::new(&args.upstream, &workload, scopes)?;
     config.upstream_http2 = args.upstream_http2;
     let gateway = Gateway::co_located(CoLocated { authz: &authz, resource: &args.resource, config })?;
+    // Co-located, the server's policy set decides every call, kept current like the server's.
+    let policies = setup::watch_policies(&authz).await?;
+    let governance = load_governance(args.governance.as_deref(), Arc::clone(&authz.clock))?;
+    let governance = match governance {
+        Some(governance) => governance,
+        None => Governance::new(GovernanceConfig::default(), Arc::clone(&authz.clock))?,
+    };
+    let gateway = gateway.with_governance(governance.with_policy(Arc::clone(&authz.policy)));
 
     let mut stdout = std::io::stdout();
     writeln!(stdout, "Mandate gateway listening on http://{}", listener.local_addr()?)?;
@@ -84,9 +100,13 @@ pub async fn gateway(settings: &Settings, args: GatewayArgs) -> anyhow::Result<(
     writeln!(stdout, "  upstream:    {}", args.upstream)?;
     writeln!(stdout, "  issuer:      {}", authz.config.issuer)?;
     writeln!(stdout, "  workload:    {workload}")?;
+    if let Some(path) = &args.governance {
+        writeln!(stdout, "  governance:  {}", path.display())?;
+    }
     stdout.flush()?;
 
     serve(listener, gateway).await?;
+    policies.abort();
     authz.log.checkpoint().await.context("final audit checkpoint")?;
     Ok(())
 }
@@ -112,6 +132,15 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
     let workload = format!("spiffe://{trust_domain}/gateway");
     let mut config = GatewayConfig::new(&args.upstream, &workload, scopes)?;
     config.upstream_http2 = args.upstream_http2;
+    let governance = load_governance(args.governance.as_deref(), Arc::new(SystemClock))?;
+    let policy = match &args.policy_file {
+        Some(path) => {
+            let engine = mandate_policy::PolicyEngine::empty();
+            engine.load_file(path).map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
+            Some(Arc::new(engine))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let (gateway, _poller) = Gateway::remote(Remote {
         issuer: issuer.trim_end_matches('/'),
@@ -122,6 +151,19 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         config,
     })?;
+    let gateway = match (governance, policy) {
+        (None, None) => gateway,
+        (governance, policy) => {
+            let governance = match governance {
+                Some(governance) => governance,
+                None => Governance::new(GovernanceConfig::default(), Arc::new(SystemClock))?,
+            };
+            gateway.with_governance(match policy {
+                Some(engine) => governance.with_policy(engine),
+                None => governance,
+            })
+        }
+    };
 
     let mut stdout = std::io::stdout();
     writeln!(stdout, "Mandate gateway listening on http://{}", listener.local_addr()?)?;
@@ -137,6 +179,13 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
         );
     }
     serve(listener, gateway).await
+}
+
+/// The governance file, compiled; `None` without `--governance`.
+fn load_governance(path: Option<&Path>, clock: Arc<dyn Clock>) -> anyhow::Result<Option<Governance>> {
+    let Some(path) = path else { return Ok(None) };
+    let config = GovernanceConfig::load(path).context("--governance")?;
+    Ok(Some(Governance::new(config, clock).context("--governance")?))
 }
 
 /// The client secret from `--client-secret-file`, else from [`CLIENT_SECRET_ENV`].

@@ -81,6 +81,8 @@ pub enum AgentCmd {
     },
 }
 
+// Parsed once per process from the command line: the size of the `Create` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
     /// Register an OAuth client, for an agent or (with --redirect-uri) an application people
@@ -112,6 +114,12 @@ pub enum ClientCmd {
         /// Where OpenID Connect back-channel logout tokens for this client are posted.
         #[arg(long)]
         backchannel_logout_uri: Option<String>,
+        /// CIBA token delivery: poll (the default) or ping (needs the CIBA grant).
+        #[arg(long)]
+        backchannel_token_delivery_mode: Option<String>,
+        /// CIBA ping mode: the client's notification endpoint (https).
+        #[arg(long)]
+        backchannel_client_notification_endpoint: Option<String>,
     },
     List,
     Delete {
@@ -230,6 +238,8 @@ pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Resu
             id,
             introspect,
             backchannel_logout_uri,
+            backchannel_token_delivery_mode,
+            backchannel_client_notification_endpoint,
         } => {
             let jwks = read_optional(jwks.as_deref())?;
             let new = NewClient {
@@ -242,6 +252,8 @@ pub async fn client(authz: &Authz, cmd: ClientCmd, out: &Output) -> anyhow::Resu
                 grant_types,
                 client_name: name,
                 backchannel_logout_uri,
+                backchannel_token_delivery_mode,
+                backchannel_client_notification_endpoint,
             };
             let made = registry::create_client(authz, new, &correlation()).await?;
             let shown = json!({

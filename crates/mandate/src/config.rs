@@ -19,8 +19,27 @@ const MIN_SVID_TTL_SECS: i64 = 2;
 const MAX_SVID_TTL_SECS: i64 = MAX_ACCESS_TOKEN_TTL_SECS;
 
 /// Environment variables that are not config keys but are still ours.
-const OTHER_ENV: &[&str] =
-    &["MANDATE_KEK", "MANDATE_CONFIG", "MANDATE_TEST_POSTGRES", "MANDATE_BIN", "MANDATE_GATEWAY_CLIENT_SECRET"];
+const OTHER_ENV: &[&str] = &[
+    "MANDATE_KEK",
+    "MANDATE_CONFIG",
+    "MANDATE_TEST_POSTGRES",
+    "MANDATE_BIN",
+    "MANDATE_GATEWAY_CLIENT_SECRET",
+    // The broker vault's passphrase, and the new one for `mandate broker vault rekey`.
+    "MANDATE_VAULT_PASSPHRASE",
+    "MANDATE_VAULT_NEW_PASSPHRASE",
+];
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +63,9 @@ pub struct Settings {
     pub audit_checkpoint_ms: Option<u64>,
     /// Log filter, e.g. `info` or `mandate=debug`.
     pub log: Option<String>,
+    /// `text` (default) or `json`: one JSON object per line, with the request id of the
+    /// request a line belongs to.
+    pub log_format: Option<LogFormat>,
     /// Workload identity federation and Client ID Metadata Documents may use http:// and
     /// internal addresses (loopback tests only).
     pub allow_insecure_federation: Option<bool>,
@@ -64,6 +86,9 @@ pub struct Settings {
     /// PEM certificate of an operator root CA that signs Mandate's SPIFFE CA as an intermediate
     /// (with `spiffe_upstream_ca_key`); the CA is self-signed when unset.
     pub spiffe_upstream_ca_cert: Option<PathBuf>,
+    /// A Cedar policy file (or directory of `*.cedar` files) activated at start; the server
+    /// refuses to start if it does not validate. Unset: the stored set (if any) stays active.
+    pub policy_file: Option<PathBuf>,
     /// PEM private key of `spiffe_upstream_ca_cert`.
     pub spiffe_upstream_ca_key: Option<PathBuf>,
 }
@@ -132,6 +157,7 @@ impl Settings {
             audit_checkpoint_events: other.audit_checkpoint_events.or(self.audit_checkpoint_events),
             audit_checkpoint_ms: other.audit_checkpoint_ms.or(self.audit_checkpoint_ms),
             log: other.log.or(self.log),
+            log_format: other.log_format.or(self.log_format),
             allow_insecure_federation: other.allow_insecure_federation.or(self.allow_insecure_federation),
             dynamic_registration: other.dynamic_registration.or(self.dynamic_registration),
             client_id_metadata_documents: other.client_id_metadata_documents.or(self.client_id_metadata_documents),
@@ -142,6 +168,7 @@ impl Settings {
             txn_token_ttl_secs: other.txn_token_ttl_secs.or(self.txn_token_ttl_secs),
             spiffe_upstream_ca_cert: other.spiffe_upstream_ca_cert.or(self.spiffe_upstream_ca_cert),
             spiffe_upstream_ca_key: other.spiffe_upstream_ca_key.or(self.spiffe_upstream_ca_key),
+            policy_file: other.policy_file.or(self.policy_file),
         }
     }
 
@@ -257,6 +284,18 @@ mod tests {
         assert!(Settings::from_env(env(&[("MANDATE_DYNAMIC_REGISTRATION", "off")])).is_err());
         let file = Settings::from_toml("dynamic_registration = true\nclient_id_metadata_documents = true").unwrap();
         assert_eq!(file.overlay(off).dynamic_registration, Some(false));
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(Settings::default().log_format, None);
+        let json = Settings::from_env(env(&[("MANDATE_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(json.log_format, Some(LogFormat::Json));
+        let file = Settings::from_toml("log_format = \"text\"").unwrap();
+        assert_eq!(file.clone().overlay(json).log_format, Some(LogFormat::Json));
+        assert_eq!(file.log_format, Some(LogFormat::Text));
+        assert!(Settings::from_env(env(&[("MANDATE_LOG_FORMAT", "yaml")])).is_err());
+        assert!(Settings::from_toml("log_format = \"JSON\"").is_err());
     }
 
     #[test]

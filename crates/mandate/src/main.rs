@@ -6,6 +6,7 @@ mod cmd_broker;
 mod cmd_ciba;
 mod cmd_gateway;
 mod cmd_idp;
+mod cmd_policy;
 mod cmd_trust;
 mod cmd_vault;
 mod cmd_workload;
@@ -77,6 +78,9 @@ enum Command {
     /// CIBA step-up approvals waiting for their owners.
     #[command(subcommand)]
     Ciba(cmd_ciba::CibaCmd),
+    /// Cedar policy: validate, activate, show; the schema.
+    #[command(subcommand)]
+    Policy(cmd_policy::PolicyCmd),
     /// The agent-side credential broker: vault, local CA and credential-injecting proxy.
     #[command(subcommand)]
     Broker(cmd_broker::BrokerCmd),
@@ -133,7 +137,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Broker(c) => {
-            cmd_broker::broker(&settings, c).await?;
+            cmd_broker::broker(&settings, c, &commands::Output { json: cli.json }).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Policy(c) if c.is_offline() => {
+            cmd_policy::offline(&c, &commands::Output { json: cli.json })?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Audit(c) if c.is_offline() => cmd_audit::offline(&c, cli.json),
@@ -151,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Trust(c) => cmd_trust::trust(&authz, c, &out).await,
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
                 Command::Ciba(c) => cmd_ciba::ciba(&authz, c, &out).await,
+                Command::Policy(c) => cmd_policy::policy(&authz, c, &out).await,
                 Command::Serve(_) | Command::Gateway(_) | Command::Broker(_) => unreachable!("handled above"),
             };
             result.map(|()| std::process::ExitCode::SUCCESS)
@@ -176,5 +185,10 @@ fn settings_issuer(settings: &Settings) -> String {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_new(settings.log.as_deref().unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.log_format.unwrap_or_default() {
+        config::LogFormat::Text => logs.try_init(),
+        // The request span's fields (`request_id`, `method`) go on every line logged inside it.
+        config::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }

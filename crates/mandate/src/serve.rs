@@ -49,6 +49,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     println!("  audit key:   {}", authz.log.signer().verifier_key());
 
+    let policies = setup::start_policies(&settings, &authz).await?;
     let upkeep = tokio::spawn(upkeep(authz.clone()));
     // Shared Signals push delivery (RFC 8935); its outbox is in the store, so nothing is lost
     // across restarts.
@@ -58,6 +59,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_token_hash: admin_hash.into(),
         spiffe: Arc::clone(&spiffe_ca),
         interactions: Default::default(),
+        metrics: Arc::new(mandate_server::Metrics::new(
+            authz.store.audit_len().await.context("reading the audit log length")?,
+        )),
     };
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
     if let Some(workload) = workload {
@@ -66,6 +70,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     served.context("serving HTTP")?;
     upkeep.abort();
     signals.abort();
+    policies.abort();
     authz.log.checkpoint().await.context("final audit checkpoint")?;
     tracing::info!("stopped");
     Ok(())

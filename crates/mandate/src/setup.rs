@@ -138,6 +138,26 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Activates the configured policy file (if any), loads the stored set and keeps it current:
+/// changes made by `mandate policy set`, the admin API or another replica take effect within
+/// a second. A configured file that does not validate stops the start.
+pub async fn start_policies(settings: &Settings, authz: &Authz) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(path) = &settings.policy_file {
+        let source = mandate_policy::read_policy_text(path)?;
+        mandate_authz::policy::replace(authz, &source, &crate::commands::correlation())
+            .await
+            .with_context(|| format!("policy file {}", path.display()))?;
+    }
+    watch_policies(authz).await
+}
+
+/// Loads the stored policy set into `authz.policy` and keeps it current (see [`start_policies`]).
+pub async fn watch_policies(authz: &Authz) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let loaded =
+        mandate_authz::policy::sync(authz, &authz.policy, None).await.context("loading the stored policy set")?;
+    Ok(mandate_authz::policy::spawn_reload(authz.clone(), Arc::clone(&authz.policy), loaded))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

@@ -37,6 +37,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/audit/export", get(export_audit))
         .route("/audit/key", get(audit_key))
         .merge(crate::admin_trust::routes())
+        .merge(crate::admin_policy::routes())
         .merge(crate::admin_audit::routes())
 }
 
@@ -214,6 +215,10 @@ pub(crate) struct ClientBody {
     #[serde(default)]
     can_introspect: bool,
     backchannel_logout_uri: Option<String>,
+    /// CIBA: `poll` (default) or `ping`.
+    backchannel_token_delivery_mode: Option<String>,
+    /// CIBA ping mode: where callbacks are posted.
+    backchannel_client_notification_endpoint: Option<String>,
 }
 
 fn default_auth_method() -> String {
@@ -239,6 +244,8 @@ async fn create_client(admin: Admin, State(s): State<AppState>, Json(body): Json
         grant_types: body.grant_types,
         client_name: body.client_name,
         backchannel_logout_uri: body.backchannel_logout_uri,
+        backchannel_token_delivery_mode: body.backchannel_token_delivery_mode,
+        backchannel_client_notification_endpoint: body.backchannel_client_notification_endpoint,
     };
     let made = registry::create_client(&s.authz, new, &admin.correlation).await.map_err(registry_error)?;
     let mut out = serde_json::to_value(&made.client).unwrap_or_default();
@@ -367,6 +374,9 @@ async fn revoke_subject(admin: Admin, State(s): State<AppState>, Json(body): Jso
     }
 }
 
+/// The longest publish lead a rotation may ask for (30 days).
+const MAX_ACTIVATE_IN_SECS: i64 = 30 * 86_400;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateBody {
@@ -376,9 +386,21 @@ pub(crate) struct RotateBody {
 }
 
 async fn rotate_key(admin: Admin, State(s): State<AppState>, Json(body): Json<RotateBody>) -> ApiResult {
-    let alg = Alg::parse(&body.alg)
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "invalid_request", "alg must be EdDSA or ES256"))?;
     let lead_secs = body.activate_in_secs.unwrap_or(s.authz.config.key_publish_lead_secs);
+    let alg = match Alg::parse(&body.alg) {
+        // Bounded so the millisecond arithmetic below cannot overflow.
+        Some(alg) if (0..=MAX_ACTIVATE_IN_SECS).contains(&lead_secs) => alg,
+        parsed => {
+            let why = if parsed.is_none() {
+                "alg must be EdDSA or ES256".to_owned()
+            } else {
+                format!("activate_in_secs must be between 0 and {MAX_ACTIVATE_IN_SECS}")
+            };
+            let event = AuditEvent::allow("key.rotate", &admin.correlation);
+            let refusal = record_refusal(&s.authz, event, OAuthError::invalid_request(why)).await;
+            return Err(error(StatusCode::BAD_REQUEST, refusal.code.as_str(), &refusal.description));
+        }
+    };
     let now = s.authz.clock.now_ms();
     let kid = s
         .authz
@@ -386,7 +408,7 @@ async fn rotate_key(admin: Admin, State(s): State<AppState>, Json(body): Json<Ro
         .rotate(&s.authz.log, mandate_authz::keyring::PURPOSE_TOKEN, alg, lead_secs * 1000, now, &admin.correlation)
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &e.to_string()))?;
-    Ok(Json(json!({"kid": kid, "alg": alg.as_str(), "activates_at_ms": now + lead_secs.max(0) * 1000})).into_response())
+    Ok(Json(json!({"kid": kid, "alg": alg.as_str(), "activates_at_ms": now + lead_secs * 1000})).into_response())
 }
 
 async fn export_audit(_: Admin, State(s): State<AppState>) -> ApiResult {

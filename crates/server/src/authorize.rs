@@ -1,7 +1,7 @@
 //! `GET /oauth2/authorize` and `POST /oauth2/authorize/decision`: query and form parsing, the
 //! `mandate_session` cookie, and rendering `authz::authorize` steps as server-side pages
 //! (askama, no scripts) or 303 redirects. Every answer carries strict headers: no scripts, no
-//! framing, no caching, no referrer.
+//! framing, no caching, referrer only to this site.
 
 use std::collections::BTreeSet;
 
@@ -172,13 +172,17 @@ pub(crate) fn error_page(error: &OAuthError) -> Response {
     (status, page).into_response()
 }
 
+/// Headers of every sign-in, consent and approval page. The referrer policy is `same-origin`,
+/// not `no-referrer`: under `no-referrer` a browser posts the page's form with `Origin: null`,
+/// which the cross-site check must refuse, so no real browser could submit it. Under
+/// `same-origin` the page's URL (state, PKCE challenge, approval id) still never leaves this site.
 pub(crate) fn strict_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }

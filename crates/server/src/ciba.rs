@@ -1,6 +1,6 @@
 //! CIBA endpoints: `POST /oauth2/bc-authorize` (an agent asks for approval of one described
 //! action) and the owner's approval page `GET|POST /oauth2/ciba/approve/{id}` (server-side
-//! pages, no scripts, same strict headers and cross-site refusal as the authorization pages).
+//! pages, no scripts, the strict headers and cross-site refusal of the authorization pages).
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -15,7 +15,7 @@ use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode};
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::authorize::{error_page, is_cross_site, strict_headers};
+use crate::authorize::{error_page, is_cross_site};
 use crate::oauth::{audited, no_store, presented_credentials};
 use crate::reply::{Form, OAuthReply, correlation_id, with_request_id};
 
@@ -48,6 +48,7 @@ async fn bc_authorize_flow(
         resources: form.all("resource"),
         requested_expiry: form.take("requested_expiry"),
         authorization_details: form.take("authorization_details"),
+        client_notification_token: form.take("client_notification_token"),
     };
     mandate_authz::ciba::backchannel_authorize(&state.authz, request, correlation).await.map_err(OAuthReply::from)
 }
@@ -65,7 +66,7 @@ pub(crate) async fn approval_page(
             error_page(&record_refusal(&state.authz, event, error).await)
         }
     };
-    with_request_id(strict_headers(response), &correlation)
+    with_request_id(crate::authorize::strict_headers(response), &correlation)
 }
 
 pub(crate) async fn approval_decision(
@@ -85,7 +86,7 @@ pub(crate) async fn approval_decision(
             }
         }
     };
-    with_request_id(strict_headers(response), &correlation)
+    with_request_id(crate::authorize::strict_headers(response), &correlation)
 }
 
 /// The form, from this site only (login CSRF and clickjacked decisions are refused).
@@ -172,6 +173,7 @@ mod tests {
         let html = ApprovePage::new(&view, None).render().unwrap();
         assert!(!html.contains("<script>x") && !html.contains("<b>"), "{html}");
         assert!(html.contains("delete row 7"));
+        assert!(html.contains(r#"<meta name="referrer" content="same-origin">"#), "{html}");
         for field in ["name=\"owner\"", "name=\"password\"", "value=\"approve\"", "value=\"deny\"", "/approve/aid\""] {
             assert!(html.contains(field), "missing {field}");
         }

@@ -37,7 +37,7 @@ fn metadata(state: &AppState) -> Value {
         ],
         // CIBA (poll mode): the owner approves on Mandate's own page.
         "backchannel_authentication_endpoint": format!("{issuer}/oauth2/bc-authorize"),
-        "backchannel_token_delivery_modes_supported": ["poll"],
+        "backchannel_token_delivery_modes_supported": ["poll", "ping"],
         "backchannel_user_code_parameter_supported": false,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -4,13 +4,18 @@
 
 mod admin;
 mod admin_audit;
+mod admin_policy;
 mod admin_trust;
 mod authorize;
 mod ciba;
 mod discovery;
+mod health;
+mod metrics;
 mod oauth;
+mod openapi;
 mod register;
 mod reply;
+mod request_id;
 mod spiffe;
 mod ssf;
 mod transparency;
@@ -26,6 +31,7 @@ use mandate_authz::Authz;
 use mandate_crypto::{constant_time_eq, hash_secret};
 use tower_http::timeout::TimeoutLayer;
 
+pub use metrics::Metrics;
 pub use reply::MAX_FORM_BYTES;
 
 /// Largest JSON body the admin API reads.
@@ -43,6 +49,8 @@ pub struct AppState {
     pub spiffe: Arc<mandate_workload::ca::SpiffeCa>,
     /// Browser sign-in sessions and pending authorization requests (per process).
     pub interactions: Arc<mandate_authz::authorize::Interactions>,
+    /// Prometheus metrics served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -54,8 +62,12 @@ impl AppState {
 /// The complete router.
 pub fn router(state: AppState) -> Router {
     let registration = register::routes(&state);
+    let request_metrics = Arc::clone(&state.metrics);
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::serve))
+        .route("/admin/api/v1/openapi.json", get(openapi::document))
         .route("/.well-known/oauth-authorization-server", get(discovery::authorization_server))
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/.well-known/jwks.json", get(discovery::jwks))
@@ -71,7 +83,9 @@ pub fn router(state: AppState) -> Router {
         .merge(ssf::routes())
         .merge(transparency::routes())
         .merge(registration)
+        .route_layer(axum::middleware::from_fn(request_id::remember_route))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(request_metrics, request_id::track))
 }

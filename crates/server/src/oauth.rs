@@ -21,7 +21,10 @@ use crate::reply::{Form, OAuthReply, correlation_id, with_request_id};
 
 pub(crate) async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let correlation = correlation_id(&headers);
-    let response = match token_flow(&state, &headers, body, &correlation).await {
+    let mut grant_type = None;
+    let result = token_flow(&state, &headers, body, &correlation, &mut grant_type).await;
+    state.metrics.token_outcome(grant_type.as_deref(), result.as_ref().map(drop).map_err(|r| r.error.code));
+    let response = match result {
         Ok(issued) => no_store(Json(issued).into_response()),
         Err(reply) => reply.into_response(),
     };
@@ -43,9 +46,12 @@ async fn token_flow(
     headers: &HeaderMap,
     body: Body,
     correlation: &str,
+    grant_type: &mut Option<String>,
 ) -> Result<mandate_authz::token::TokenResponse, OAuthReply> {
     let action = "token.issue";
     let mut form = audited(state, action, correlation, Form::read(headers, body).await).await?;
+    // For the metrics only: read before anything else can refuse the request.
+    *grant_type = form.all("grant_type").into_iter().next();
     let presented = audited(state, action, correlation, presented_credentials(headers, &mut form)).await?;
     let basic = matches!(presented, Presented::Secret { method: ClientAuthMethod::ClientSecretBasic, .. });
     let request = TokenRequest {
@@ -69,7 +75,19 @@ async fn token_flow(
         auth_req_id: form.take("auth_req_id"),
         dpop_proofs: headers.get_all("dpop").iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect(),
     };
-    mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| challenge(e, basic))
+    mandate_authz::token::token(&state.authz, request, correlation).await.map_err(|e| token_error(e, basic))
+}
+
+/// The token endpoint answers every error RFC 6749 §5.2 lists with 400 (401 for a failed
+/// client authentication). `access_denied` is not among them, but CIBA (Core §11) and other
+/// grants return it here, and as a token error response it is 400 too, not the 403 the shared
+/// mapping gives it elsewhere (pages, admin API).
+fn token_error(error: OAuthError, basic: bool) -> OAuthReply {
+    let mut reply = challenge(error, basic);
+    if reply.error.code == mandate_core::OAuthErrorCode::AccessDenied {
+        reply.status = StatusCode::BAD_REQUEST;
+    }
+    reply
 }
 
 pub(crate) async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -244,4 +262,23 @@ pub(crate) fn no_store(mut response: Response) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use mandate_core::OAuthErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn access_denied_is_400_at_the_token_endpoint_and_403_elsewhere() {
+        let denied = OAuthError::new(OAuthErrorCode::AccessDenied, "the owner denied the request");
+        assert_eq!(token_error(denied.clone(), false).status, StatusCode::BAD_REQUEST);
+        assert_eq!(OAuthReply::from(denied).status, StatusCode::FORBIDDEN, "pages and the admin API keep 403");
+        let unauthenticated = token_error(OAuthError::invalid_client("wrong secret"), true);
+        assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+        assert!(unauthenticated.basic_challenge);
+        let pending = OAuthError::new(OAuthErrorCode::AuthorizationPending, "wait");
+        assert_eq!(token_error(pending, false).status, StatusCode::BAD_REQUEST);
+    }
 }

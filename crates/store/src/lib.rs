@@ -88,6 +88,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ciba_request_by_approval(&self, approval_id: &str) -> Result<Option<CibaRequest>>;
     /// An owner's CIBA requests still pending and unexpired at `now_ms`, oldest first.
     async fn ciba_pending(&self, owner: &str, now_ms: i64) -> Result<Vec<CibaRequest>>;
+    /// Up to `limit` CIBA ping callbacks due at `now_ms`, soonest first.
+    async fn ciba_notifications_due(&self, now_ms: i64, limit: i64) -> Result<Vec<CibaNotification>>;
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;

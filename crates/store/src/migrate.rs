@@ -14,6 +14,7 @@ pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../migrations/sqlite/V4__audit_tiles.sql") },
     Migration { version: 5, sql: include_str!("../migrations/sqlite/V5__ssf.sql") },
     Migration { version: 6, sql: include_str!("../migrations/sqlite/V6__ciba.sql") },
+    Migration { version: 7, sql: include_str!("../migrations/sqlite/V7__ciba_ping.sql") },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -23,6 +24,7 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../migrations/postgres/V4__audit_tiles.sql") },
     Migration { version: 5, sql: include_str!("../migrations/postgres/V5__ssf.sql") },
     Migration { version: 6, sql: include_str!("../migrations/postgres/V6__ciba.sql") },
+    Migration { version: 7, sql: include_str!("../migrations/postgres/V7__ciba_ping.sql") },
 ];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

@@ -249,6 +249,10 @@ impl Store for PostgresStore {
         self.query_all(read::CIBA_PENDING, &[&owner, &now_ms], read::ciba_request).await
     }
 
+    async fn ciba_notifications_due(&self, now_ms: i64, limit: i64) -> Result<Vec<CibaNotification>> {
+        self.query_all(read::CIBA_NOTIFICATIONS_DUE, &[&now_ms, &limit], read::ciba_notification).await
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
         let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();

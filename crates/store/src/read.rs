@@ -238,7 +238,8 @@ macro_rules! select_ciba {
     ($tail:literal) => {
         concat!(
             "SELECT req_hash, approval_id, client_id, owner, resource, scope, binding_message, \
-             authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms FROM ciba_requests ",
+             authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms, \
+             notify_endpoint, notify_sealed FROM ciba_requests ",
             $tail
         )
     };
@@ -263,6 +264,27 @@ pub(crate) fn ciba_request(row: &dyn Columns) -> Result<CibaRequest> {
         last_poll_ms: row.opt_int(10)?,
         decided_at_ms: row.opt_int(11)?,
         created_at_ms: row.int(12)?,
+        notify_endpoint: row.opt_text(13)?,
+        notify_sealed: row.opt_text(14)?,
+    })
+}
+
+/// Ping callbacks due at `$1`, soonest first, at most `$2`. A row without an endpoint or
+/// sealed secrets is never due (the decision sets `notify_next_ms` only when both exist).
+pub(crate) const CIBA_NOTIFICATIONS_DUE: &str = "SELECT req_hash, client_id, notify_endpoint, notify_sealed, \
+    notify_attempts, notify_next_ms FROM ciba_requests \
+    WHERE notify_next_ms IS NOT NULL AND notify_next_ms <= $1 \
+    AND notify_endpoint IS NOT NULL AND notify_sealed IS NOT NULL \
+    ORDER BY notify_next_ms, req_hash LIMIT $2";
+
+pub(crate) fn ciba_notification(row: &dyn Columns) -> Result<CibaNotification> {
+    Ok(CibaNotification {
+        req_hash: row.text(0)?,
+        client_id: row.text(1)?,
+        endpoint: row.text(2)?,
+        sealed: row.text(3)?,
+        attempts: row.int(4)?,
+        next_attempt_ms: row.int(5)?,
     })
 }
 

@@ -202,6 +202,11 @@ impl Store for SqliteStore {
         self.read(|c| query_all(c, read::CIBA_PENDING, rusqlite::params![owner, now_ms], read::ciba_request))
     }
 
+    async fn ciba_notifications_due(&self, now_ms: i64, limit: i64) -> Result<Vec<CibaNotification>> {
+        let params = rusqlite::params![now_ms, limit];
+        self.read(|c| query_all(c, read::CIBA_NOTIFICATIONS_DUE, params, read::ciba_notification))
+    }
+
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
         self.read(|c| {
             let mut latest = None;

@@ -124,13 +124,15 @@ pub enum Mutation {
         status: String,
         now_ms: i64,
     },
-    /// Counts a wrong password on the approval page; the `max`-th denies the pending request.
+    /// Counts a wrong password on the approval page; the `max`-th denies the pending request
+    /// at `now_ms` (and makes a ping client's callback due).
     FailCibaDecision {
         approval_id: String,
         max: i64,
+        now_ms: i64,
     },
-    /// Records a token-endpoint poll; fails (`slow_down`) when the previous one was less than
-    /// `interval_ms` before `now_ms`.
+    /// Records a token-endpoint poll; fails (`slow_down`) when the request is still pending and
+    /// the previous poll was less than `interval_ms` before `now_ms`.
     PollCibaRequest {
         req_hash: String,
         now_ms: i64,
@@ -140,6 +142,17 @@ pub enum Mutation {
     RedeemCibaRequest {
         req_hash: String,
         now_ms: i64,
+    },
+    /// A ping callback was delivered or given up: its sealed secrets are erased and nothing more
+    /// is due. Fails if the request is gone.
+    EndCibaNotify {
+        req_hash: String,
+    },
+    /// A ping callback failed and is tried again at `next_attempt_ms`; fails unless one is due.
+    RetryCibaNotify {
+        req_hash: String,
+        attempts: i64,
+        next_attempt_ms: i64,
     },
     /// Shared Signals Framework streams and outbox (`crate::ssf`).
     Ssf(crate::ssf::SsfMutation),
@@ -169,6 +182,23 @@ pub struct CibaRequest {
     /// When the owner approved or denied (the ID token's `auth_time`).
     pub decided_at_ms: Option<i64>,
     pub created_at_ms: i64,
+    /// Ping mode: the client's `backchannel_client_notification_endpoint` when it asked.
+    pub notify_endpoint: Option<String>,
+    /// Ping mode: the `auth_req_id` and `client_notification_token`, sealed under the KEK
+    /// (base64), until the callback is delivered or given up.
+    pub notify_sealed: Option<String>,
+}
+
+/// A ping callback that is due (`Store::ciba_notifications_due`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CibaNotification {
+    pub req_hash: String,
+    pub client_id: String,
+    pub endpoint: String,
+    pub sealed: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
 }
 
 /// One unit of the write path: an optional mutation and the event that records it.

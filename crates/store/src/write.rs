@@ -308,8 +308,9 @@ impl<'a> Step<'a> {
             ),
             Mutation::CreateCibaRequest(r) => Self::insert(
                 "INSERT INTO ciba_requests (req_hash, approval_id, client_id, owner, resource, scope, binding_message, \
-                 authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 authorization_details, status, expires_at_ms, last_poll_ms, decided_at_ms, created_at_ms, \
+                 notify_endpoint, notify_sealed) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 "CIBA request".into(),
                 vec![
                     Text(&r.req_hash),
@@ -325,25 +326,34 @@ impl<'a> Step<'a> {
                     OptInt(r.last_poll_ms),
                     OptInt(r.decided_at_ms),
                     Int(r.created_at_ms),
+                    OptText(&r.notify_endpoint),
+                    OptText(&r.notify_sealed),
                 ],
             ),
+            // A decision makes a ping client's callback due at once (in the same transaction).
             Mutation::DecideCibaRequest { approval_id, owner, status, now_ms } => Self::update(
-                "UPDATE ciba_requests SET status = $1, decided_at_ms = $2 \
+                "UPDATE ciba_requests SET status = $1, decided_at_ms = $2, \
+                 notify_next_ms = CASE WHEN notify_sealed IS NULL THEN NULL ELSE $2 END \
                  WHERE approval_id = $3 AND owner = $4 AND status = 'pending' AND expires_at_ms > $2",
                 "CIBA request (unknown, another owner's, decided or expired)".into(),
                 vec![Text(status), Int(*now_ms), Text(approval_id), Text(owner)],
             ),
-            Mutation::FailCibaDecision { approval_id, max } => Self::update(
+            Mutation::FailCibaDecision { approval_id, max, now_ms } => Self::update(
                 "UPDATE ciba_requests SET failures = failures + 1, \
-                 status = CASE WHEN failures + 1 >= $1 THEN 'denied' ELSE status END \
-                 WHERE approval_id = $2 AND status = 'pending'",
+                 status = CASE WHEN failures + 1 >= $1 THEN 'denied' ELSE status END, \
+                 decided_at_ms = CASE WHEN failures + 1 >= $1 THEN $2 ELSE decided_at_ms END, \
+                 notify_next_ms = CASE WHEN failures + 1 >= $1 AND notify_sealed IS NOT NULL THEN $2 \
+                 ELSE notify_next_ms END \
+                 WHERE approval_id = $3 AND status = 'pending'",
                 "CIBA request (unknown or decided)".into(),
-                vec![Int(*max), Text(approval_id)],
+                vec![Int(*max), Int(*now_ms), Text(approval_id)],
             ),
-            // Atomic, so two concurrent polls cannot both pass the interval check.
+            // Atomic, so two concurrent polls cannot both pass the interval check. Only pending
+            // requests are throttled: a ping client asks right after its callback, whenever it
+            // last polled, and a decided request's answer no longer changes.
             Mutation::PollCibaRequest { req_hash, now_ms, interval_ms } => Self::update(
                 "UPDATE ciba_requests SET last_poll_ms = $1 \
-                 WHERE req_hash = $2 AND (last_poll_ms IS NULL OR last_poll_ms + $3 <= $1)",
+                 WHERE req_hash = $2 AND (status <> 'pending' OR last_poll_ms IS NULL OR last_poll_ms + $3 <= $1)",
                 "CIBA poll (too soon)".into(),
                 vec![Int(*now_ms), Text(req_hash), Int(*interval_ms)],
             ),
@@ -352,6 +362,17 @@ impl<'a> Step<'a> {
                  WHERE req_hash = $1 AND status = 'approved' AND expires_at_ms > $2",
                 "CIBA request (unknown, not approved, spent or expired)".into(),
                 vec![Text(req_hash), Int(*now_ms)],
+            ),
+            Mutation::EndCibaNotify { req_hash } => Self::update(
+                "UPDATE ciba_requests SET notify_sealed = NULL, notify_next_ms = NULL WHERE req_hash = $1",
+                "CIBA request".into(),
+                vec![Text(req_hash)],
+            ),
+            Mutation::RetryCibaNotify { req_hash, attempts, next_attempt_ms } => Self::update(
+                "UPDATE ciba_requests SET notify_attempts = $1, notify_next_ms = $2 \
+                 WHERE req_hash = $3 AND notify_sealed IS NOT NULL AND notify_next_ms IS NOT NULL",
+                "CIBA ping callback (none due)".into(),
+                vec![Int(*attempts), Int(*next_attempt_ms), Text(req_hash)],
             ),
             // Flattened by `all`; a nested batch never reaches here, and would change nothing.
             Mutation::All(_) => Self::insert("SELECT 1 WHERE 1 = 0", "batch".into(), vec![]),

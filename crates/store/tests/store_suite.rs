@@ -582,6 +582,122 @@ pub async fn ssf_streams_and_outbox(store: Arc<dyn Store>) {
     assert!(store.logout_events(10).await.unwrap().is_empty());
 }
 
+fn ciba_request(hash: &str, approval: &str, sealed: Option<&str>) -> CibaRequest {
+    CibaRequest {
+        req_hash: hash.into(),
+        approval_id: approval.into(),
+        client_id: "c1".into(),
+        owner: "alice".into(),
+        resource: "https://api.example".into(),
+        scope: "write".into(),
+        binding_message: "Delete row 7".into(),
+        authorization_details: Some(r#"[{"type":"db"}]"#.into()),
+        status: "pending".into(),
+        expires_at_ms: 1_000,
+        last_poll_ms: None,
+        decided_at_ms: None,
+        created_at_ms: 1,
+        notify_endpoint: sealed.map(|_| "https://client.example/cb".into()),
+        notify_sealed: sealed.map(str::to_owned),
+    }
+}
+
+/// CIBA requests: decisions, polls, redemption, and ping callbacks that become due only for
+/// requests with sealed callback secrets, and end (erasing them) once delivered or given up.
+pub async fn ciba_requests_and_ping_callbacks(store: Arc<dyn Store>) {
+    let poll_client = ciba_request("h-poll", "a-poll", None);
+    let ping_client = ciba_request("h-ping", "a-ping", Some("c2VhbGVk"));
+    let guessed = ciba_request("h-guess", "a-guess", Some("b3RoZXI="));
+    let create = |r: &CibaRequest| job(Some(Mutation::CreateCibaRequest(r.clone())), "ciba.request");
+    let out = commit(&store, vec![create(&poll_client), create(&ping_client), create(&guessed)]).await;
+    assert!(out.iter().all(|o| o.result.is_ok()));
+    assert_eq!(store.ciba_request("h-ping").await.unwrap(), Some(ping_client.clone()));
+    assert_eq!(store.ciba_request_by_approval("a-poll").await.unwrap(), Some(poll_client.clone()));
+    assert_eq!(store.ciba_pending("alice", 10).await.unwrap().len(), 3);
+    assert!(store.ciba_notifications_due(i64::MAX, 10).await.unwrap().is_empty(), "nothing decided yet");
+
+    // Pending requests are throttled; a too-early poll is refused.
+    let poll = |hash: &str, now_ms| Mutation::PollCibaRequest { req_hash: hash.into(), now_ms, interval_ms: 5 };
+    let out = commit(&store, vec![job(Some(poll("h-ping", 10)), "poll"), job(Some(poll("h-ping", 12)), "poll")]).await;
+    assert!(out[0].result.is_ok() && out[1].result.is_err(), "slow_down while pending");
+
+    let decide = |approval: &str, status: &str, now_ms| Mutation::DecideCibaRequest {
+        approval_id: approval.into(),
+        owner: "alice".into(),
+        status: status.into(),
+        now_ms,
+    };
+    let wrong_owner = Mutation::DecideCibaRequest {
+        approval_id: "a-ping".into(),
+        owner: "bob".into(),
+        status: "approved".into(),
+        now_ms: 20,
+    };
+    let out = commit(
+        &store,
+        vec![
+            job(Some(wrong_owner), "approve"),
+            job(Some(decide("a-poll", "approved", 20)), "approve"),
+            job(Some(decide("a-ping", "denied", 21)), "deny"),
+            job(Some(decide("a-ping", "approved", 22)), "approve"),
+            job(Some(decide("a-late", "approved", 5_000)), "approve"),
+        ],
+    )
+    .await;
+    let ok: Vec<bool> = out.iter().map(|o| o.result.is_ok()).collect();
+    assert_eq!(ok, [false, true, true, false, false], "another owner's, twice, unknown");
+    let decided = store.ciba_request("h-ping").await.unwrap().unwrap();
+    assert_eq!((decided.status.as_str(), decided.decided_at_ms), ("denied", Some(21)));
+    // Decided requests are no longer throttled (a ping client asks right after its callback).
+    let out = commit(&store, vec![job(Some(poll("h-ping", 22)), "poll")]).await;
+    assert!(out[0].result.is_ok());
+
+    let due = store.ciba_notifications_due(21, 10).await.unwrap();
+    let expected = CibaNotification {
+        req_hash: "h-ping".into(),
+        client_id: "c1".into(),
+        endpoint: "https://client.example/cb".into(),
+        sealed: "c2VhbGVk".into(),
+        attempts: 0,
+        next_attempt_ms: 21,
+    };
+    assert_eq!(due, vec![expected.clone()], "only the ping client's decided request");
+    assert!(store.ciba_notifications_due(20, 10).await.unwrap().is_empty(), "not due before the decision");
+
+    // Wrong passwords: the second (max 2) denies the request and makes its callback due.
+    let fail = |now_ms| Mutation::FailCibaDecision { approval_id: "a-guess".into(), max: 2, now_ms };
+    let out = commit(&store, vec![job(Some(fail(30)), "f"), job(Some(fail(31)), "f"), job(Some(fail(32)), "f")]).await;
+    let ok: Vec<bool> = out.iter().map(|o| o.result.is_ok()).collect();
+    assert_eq!(ok, [true, true, false], "a decided request counts no more");
+    let guessed = store.ciba_request("h-guess").await.unwrap().unwrap();
+    assert_eq!((guessed.status.as_str(), guessed.decided_at_ms), ("denied", Some(31)));
+    let due = store.ciba_notifications_due(100, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.req_hash.as_str()).collect::<Vec<_>>(), ["h-ping", "h-guess"]);
+    assert_eq!(store.ciba_notifications_due(100, 1).await.unwrap().len(), 1, "bounded");
+
+    let retry = Mutation::RetryCibaNotify { req_hash: "h-ping".into(), attempts: 1, next_attempt_ms: 500 };
+    let retry_poll = Mutation::RetryCibaNotify { req_hash: "h-poll".into(), attempts: 1, next_attempt_ms: 500 };
+    let out = commit(&store, vec![job(Some(retry), "ciba.notify"), job(Some(retry_poll), "ciba.notify")]).await;
+    assert!(out[0].result.is_ok() && out[1].result.is_err(), "a poll client has no callback to retry");
+    assert_eq!(store.ciba_notifications_due(499, 10).await.unwrap().len(), 1, "only h-guess before the retry");
+    let due = store.ciba_notifications_due(500, 10).await.unwrap();
+    assert_eq!(due[1], CibaNotification { attempts: 1, next_attempt_ms: 500, ..expected }, "soonest first");
+
+    let end = |hash: &str| Some(Mutation::EndCibaNotify { req_hash: hash.into() });
+    let out = commit(&store, vec![job(end("h-ping"), "n"), job(end("h-guess"), "n"), job(end("h-none"), "n")]).await;
+    assert!(out[0].result.is_ok() && out[1].result.is_ok() && out[2].result.is_err());
+    assert!(store.ciba_notifications_due(i64::MAX, 10).await.unwrap().is_empty());
+    let ended = store.ciba_request("h-ping").await.unwrap().unwrap();
+    assert_eq!(ended.notify_sealed, None, "the callback secrets are erased once it ended");
+    assert_eq!(ended.notify_endpoint.as_deref(), Some("https://client.example/cb"));
+
+    let redeem = |hash: &str| Some(Mutation::RedeemCibaRequest { req_hash: hash.into(), now_ms: 40 });
+    let out =
+        commit(&store, vec![job(redeem("h-poll"), "r"), job(redeem("h-poll"), "r"), job(redeem("h-ping"), "r")]).await;
+    let ok: Vec<bool> = out.iter().map(|o| o.result.is_ok()).collect();
+    assert_eq!(ok, [true, false, false], "spent once; a denied request is never redeemed");
+}
+
 macro_rules! suite {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -590,7 +706,7 @@ macro_rules! suite {
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
                 revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
                 workload_identity_records, delegation_records, audit_tiles_round_trip,
-                ssf_streams_and_outbox);
+                ssf_streams_and_outbox, ciba_requests_and_ping_callbacks);
         }
     };
     (@tests $make:path; $($name:ident),*) => {

@@ -21,7 +21,7 @@ const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// Events per stream per round.
 const BATCH: i64 = 50;
 
-/// Delivers forever; run it as a task beside the server.
+/// Delivers forever (SETs, logout tokens and CIBA ping callbacks); run it as a task beside the server.
 pub async fn run(authz: Authz) {
     loop {
         if let Err(e) = deliver_due(&authz).await {
@@ -29,6 +29,9 @@ pub async fn run(authz: Authz) {
         }
         if let Err(e) = super::logout::deliver_due(&authz).await {
             tracing::warn!(error = %e, "back-channel logout delivery failed");
+        }
+        if let Err(e) = crate::ciba::notify::deliver_due(&authz).await {
+            tracing::warn!(error = %e, "CIBA ping callback delivery failed");
         }
         tokio::time::sleep(PUSH_INTERVAL).await;
     }

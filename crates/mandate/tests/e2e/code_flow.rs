@@ -243,7 +243,7 @@ async fn sign_in_consent_code_tokens_and_refresh_rotation() {
         ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
         ("x-frame-options", "DENY"),
         ("cache-control", "no-store"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
     ] {
         assert_eq!(page.headers.get(name).unwrap(), value, "{name}");
     }
