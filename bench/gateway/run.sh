@@ -13,6 +13,8 @@
 #   BENCH_WARMUP=2          seconds of discarded wrk warm-up before each measured run (0 = none)
 #   BENCH_POST=1            0 = GET runs only
 #   BENCH_LATENCY=1         0 = skip the one-connection latency runs (-t1 -c1 -d5s)
+#   BENCH_POLICY=1          0 = skip the policy phase (200 Cedar policies active, GET and POST again;
+#                           target: throughput with policy within 15% of without)
 #   BENCH_SKIP_BUILD=0      1 = do not build (the release binaries must exist)
 #   BENCH_OUT=...           JSON output (default bench/results/gateway.json)
 #   BENCH_KEEP_WORK=0       1 = keep the scratch dir (logs, data dir) after exit
@@ -28,6 +30,7 @@ THREADS="${BENCH_THREADS:-2}"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 POST="${BENCH_POST:-1}"
+POLICY="${BENCH_POLICY:-1}"
 LATENCY="${BENCH_LATENCY:-1}"
 OUT="${BENCH_OUT:-$REPO/bench/results/gateway.json}"
 SCOPE="tools:call"
@@ -193,6 +196,19 @@ if [[ "$LATENCY" == 1 ]]; then
   R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk c1-direct "$UPSTREAM/mcp"
   R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk c1-gateway "$RESOURCE" "${AUTH[@]}"
 fi
+if [[ "$POLICY" == 1 ]]; then
+  # 200 policies for the gateway's resource become the server's active set; the co-located gateway
+  # reloads it within a second. Then the same GET and POST loads again, every call decided by Cedar.
+  python3 "$HERE/policies.py" "$RESOURCE" "$WORK/policies.cedar"
+  cli policy set "$WORK/policies.cedar" >/dev/null || fail "policy set failed: $(cat "$WORK/cli.err")"
+  sleep 2
+  denied="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"sql":"DROP TABLE t"}}}' "$RESOURCE")"
+  [[ "$denied" == 403 ]] || fail "with the policy set active, a DROP TABLE call answered $denied, expected 403"
+  log "policy phase: 200 policies active (a DROP TABLE call is refused)"
+  run_wrk get-policy "$RESOURCE" "${AUTH[@]}"
+  [[ "$POST" == 1 ]] && run_wrk post-policy "$RESOURCE" -s "$HERE/post.lua" "${AUTH[@]}"
+fi
 for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || fail "a process (pid $pid) died during the run"; done
 
 # ---- report -------------------------------------------------------------------------------
@@ -203,7 +219,8 @@ work, out, threads, conns, duration, warmup, rev, scratch = sys.argv[1:]
 RATIO_MIN, ADDED_P99_MAX_MS = 0.60, 1.0
 runs = {}
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-for name in ("get-direct", "get-gateway", "post-direct", "post-gateway", "c1-direct", "c1-gateway"):
+for name in ("get-direct", "get-gateway", "post-direct", "post-gateway", "c1-direct", "c1-gateway",
+             "get-policy", "post-policy"):
     path = os.path.join(work, name + ".json")
     if os.path.exists(path):
         runs[name] = r = json.load(open(path))
@@ -233,6 +250,13 @@ result = {
     "targets": {"throughput_ratio_min": RATIO_MIN, "added_p99_ms_max": ADDED_P99_MAX_MS},
     "runs": runs,
     "comparisons": {k: c for k in ("get", "post", "c1") if (c := compare(k))},
+}
+POLICY_RATIO_MIN = 0.85
+result["policy"] = {
+    kind: {"ratio_policy_on_off": round(on["ok_rps"] / off["ok_rps"], 3) if off["ok_rps"] else None,
+           "valid": on["valid"] and on["non_2xx"] == 0}
+    for kind in ("get", "post")
+    if (off := runs.get(f"{kind}-gateway")) and (on := runs.get(f"{kind}-policy"))
 }
 os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 with open(out, "w") as f:
@@ -266,6 +290,11 @@ for kind, c in result["comparisons"].items():
                                      f"[{'PASS' if c['ratio_pass'] else 'FAIL'}, target >= {RATIO_MIN}]; ")
     print(f"{label}: {ratio}added p99 = {c['added_p99_ms']:.3f} ms "
           f"[{p99_verdict}, target < {ADDED_P99_MAX_MS} ms]; added p50 = {c['added_p50_ms']:.3f} ms{note}")
+for kind, p in result["policy"].items():
+    verdict = "PASS" if p["ratio_policy_on_off"] is not None and p["ratio_policy_on_off"] >= POLICY_RATIO_MIN else "FAIL"
+    note = "" if p["valid"] else "  (INVALID: errors in a run)"
+    print(f"{kind.upper()} with 200 policies: throughput policy on/off = {p['ratio_policy_on_off']:.2f} "
+          f"[{verdict}, target >= {POLICY_RATIO_MIN}]{note}")
 print()
 print(f"results written to {out}")
 PY
