@@ -18,7 +18,6 @@ use crate::jwks_fetch::post_vetted;
 
 /// Attempts before a callback is given up (the client can still poll).
 pub const MAX_ATTEMPTS: i64 = 5;
-const FIRST_BACKOFF_MS: i64 = 1000;
 const MAX_BACKOFF_MS: i64 = 60_000;
 /// Callbacks per round.
 const BATCH: i64 = 50;
@@ -95,8 +94,7 @@ fn open(authz: &Authz, callback: &CibaNotification) -> Result<CallbackSecrets, S
 
 /// 1 s, 2 s, 4 s, 8 s, … capped at a minute (a request lives at most ten).
 pub fn backoff_ms(attempts: i64) -> i64 {
-    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    FIRST_BACKOFF_MS.saturating_mul(1 << doublings).min(MAX_BACKOFF_MS)
+    crate::ssf::push::doubling_backoff_ms(attempts, MAX_BACKOFF_MS)
 }
 
 #[cfg(test)]

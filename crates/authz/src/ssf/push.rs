@@ -99,8 +99,14 @@ pub(crate) fn describe(answer: &Result<u16, crate::jwks_fetch::FetchError>) -> S
 
 /// 1 s, 2 s, 4 s, … capped at five minutes.
 pub fn backoff_ms(attempts: i64) -> i64 {
+    doubling_backoff_ms(attempts, MAX_BACKOFF_MS)
+}
+
+/// The wait before retry number `attempts` of an outbound delivery: 1 s, doubling, at most
+/// `max_ms` (SSF pushes and CIBA ping callbacks).
+pub(crate) fn doubling_backoff_ms(attempts: i64, max_ms: i64) -> i64 {
     let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    FIRST_BACKOFF_MS.saturating_mul(1 << doublings).min(MAX_BACKOFF_MS)
+    FIRST_BACKOFF_MS.saturating_mul(1 << doublings).min(max_ms)
 }
 
 #[cfg(test)]
