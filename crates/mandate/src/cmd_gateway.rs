@@ -88,10 +88,6 @@ pub async fn gateway(settings: &Settings, args: GatewayArgs) -> anyhow::Result<(
     // Co-located, the server's policy set decides every call, kept current like the server's.
     let policies = setup::watch_policies(&authz).await?;
     let governance = load_governance(args.governance.as_deref(), Arc::clone(&authz.clock))?;
-    let governance = match governance {
-        Some(governance) => governance,
-        None => Governance::new(GovernanceConfig::default(), Arc::clone(&authz.clock))?,
-    };
     let gateway = gateway.with_governance(governance.with_policy(Arc::clone(&authz.policy)));
 
     let mut stdout = std::io::stdout();
@@ -133,14 +129,11 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = GatewayConfig::new(&args.upstream, &workload, scopes)?;
     config.upstream_http2 = args.upstream_http2;
     let governance = load_governance(args.governance.as_deref(), Arc::new(SystemClock))?;
-    let policy = match &args.policy_file {
-        Some(path) => {
-            let engine = mandate_policy::PolicyEngine::empty();
-            engine.load_file(path).map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
-            Some(Arc::new(engine))
-        }
-        None => None,
-    };
+    // Remote, the gateway has no store to read the server's set from: its own file decides.
+    let engine = mandate_policy::PolicyEngine::empty();
+    if let Some(path) = &args.policy_file {
+        engine.load_file(path).map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
+    }
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let (gateway, _poller) = Gateway::remote(Remote {
         issuer: issuer.trim_end_matches('/'),
@@ -151,19 +144,7 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         config,
     })?;
-    let gateway = match (governance, policy) {
-        (None, None) => gateway,
-        (governance, policy) => {
-            let governance = match governance {
-                Some(governance) => governance,
-                None => Governance::new(GovernanceConfig::default(), Arc::new(SystemClock))?,
-            };
-            gateway.with_governance(match policy {
-                Some(engine) => governance.with_policy(engine),
-                None => governance,
-            })
-        }
-    };
+    let gateway = gateway.with_governance(governance.with_policy(Arc::new(engine)));
 
     let mut stdout = std::io::stdout();
     writeln!(stdout, "Mandate gateway listening on http://{}", listener.local_addr()?)?;
@@ -181,11 +162,13 @@ async fn remote(settings: &Settings, args: GatewayArgs) -> anyhow::Result<()> {
     serve(listener, gateway).await
 }
 
-/// The governance file, compiled; `None` without `--governance`.
-fn load_governance(path: Option<&Path>, clock: Arc<dyn Clock>) -> anyhow::Result<Option<Governance>> {
-    let Some(path) = path else { return Ok(None) };
-    let config = GovernanceConfig::load(path).context("--governance")?;
-    Ok(Some(Governance::new(config, clock).context("--governance")?))
+/// The governance file, compiled; without `--governance` nothing but policy governs.
+fn load_governance(path: Option<&Path>, clock: Arc<dyn Clock>) -> anyhow::Result<Governance> {
+    let config = match path {
+        Some(path) => GovernanceConfig::load(path).context("--governance")?,
+        None => GovernanceConfig::default(),
+    };
+    Governance::new(config, clock).context("--governance")
 }
 
 /// The client secret from `--client-secret-file`, else from [`CLIENT_SECRET_ENV`].

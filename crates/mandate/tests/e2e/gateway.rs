@@ -59,6 +59,9 @@ impl GatewayProcess {
         if let Some(url) = &remote.ssf_poll {
             command.args(["--ssf-poll", url]);
         }
+        if let Some(file) = &remote.policy_file {
+            command.arg("--policy-file").arg(file);
+        }
         Self::spawn(&mut command)
     }
 
@@ -93,6 +96,8 @@ struct RemoteArgs {
     ssf_poll: Option<String>,
     /// Where the secret is read from instead of the environment.
     secret_file: Option<std::path::PathBuf>,
+    /// The gateway's own Cedar policy file (`--policy-file`).
+    policy_file: Option<std::path::PathBuf>,
 }
 
 impl Drop for GatewayProcess {
@@ -317,6 +322,11 @@ impl RemoteSetup {
     /// `ssf`: subscribe the gateway to revocations; `file_secret`: a secret for the gateway to
     /// read from a file instead of its own from the environment.
     async fn start(ssf: bool, file_secret: Option<&str>) -> Self {
+        Self::start_with(ssf, file_secret, None).await
+    }
+
+    /// [`RemoteSetup::start`], the gateway deciding calls with the Cedar `policies` given.
+    async fn start_with(ssf: bool, file_secret: Option<&str>, policies: Option<&str>) -> Self {
         let server = Server::start();
         let seen = Seen::default();
         let hops = start_chain(&server, &seen).await;
@@ -332,7 +342,13 @@ impl RemoteSetup {
             std::fs::write(&path, format!("{secret}\n")).unwrap();
             path
         });
-        let remote = RemoteArgs { workdir: tempfile::tempdir().unwrap(), client, ssf_poll, secret_file };
+        let policy_file = policies.map(|text| {
+            let path = server.dir.path().join("gateway-policies.cedar");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let workdir = tempfile::tempdir().unwrap();
+        let remote = RemoteArgs { workdir, client, ssf_poll, secret_file, policy_file };
         let gateway = GatewayProcess::start_remote(&server, &listen, &hops[0], &remote);
         Self { server, gateway, seen, remote, caller }
     }
@@ -403,6 +419,20 @@ async fn a_remote_gateway_mints_txn_tokens_at_the_tts_over_http() {
     assert_eq!(issue["correlation_id"], request_id, "the TTS's event carries the gateway's request id");
     let left = std::fs::read_dir(s.remote.workdir.path()).unwrap().count();
     assert_eq!(left, 0, "remote mode opened no data directory");
+}
+
+#[tokio::test]
+async fn a_remote_gateway_decides_calls_with_its_own_policy_file() {
+    let policies = r#"
+@id("no-pay") forbid(principal, action == Mandate::Action::"call", resource == Mandate::Tool::"pay");
+@id("rest") permit(principal, action == Mandate::Action::"call", resource);
+"#;
+    let s = RemoteSetup::start_with(false, None, Some(policies)).await;
+    let token = s.caller_token().await;
+    let (status, body) = s.call(&token).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("policy_denied")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("no-pay"), "{body}");
+    assert!(s.seen.lock().unwrap().is_empty(), "a refused call never reaches the upstream");
 }
 
 #[tokio::test]
