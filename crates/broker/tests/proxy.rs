@@ -22,11 +22,12 @@ use mandate_broker::proxy::upstream::UpstreamTrust;
 use mandate_broker::proxy::{AuditSink, Broker, BrokerLimits, BrokerParts};
 use mandate_core::{AuditEvent, Clock, Decision, SystemClock};
 use parking_lot::Mutex;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
+
+mod common;
+use common::TestCa;
 
 const WORK_SECRET: &str = "ghp_work_REAL_secret_0001";
 const PERSONAL_SECRET: &str = "ghp_personal_REAL_secret_0002";
@@ -84,40 +85,6 @@ struct Seen {
     version: Version,
     path: String,
     headers: HeaderMap,
-}
-
-struct TestCa {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        let cert_pem = cert.pem();
-        let issuer = Issuer::new(params, key);
-        Self { cert_pem, issuer }
-    }
-
-    fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        let leaf = params.signed_by(&key, &self.issuer).unwrap();
-        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![leaf.der().clone()], private)
-                .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config
-    }
 }
 
 struct Upstream {

@@ -29,11 +29,12 @@ use mandate_broker::proxy::{AuditSink, Broker, BrokerLimits, BrokerParts};
 use mandate_broker::vault::{ClientAuth, EntryKind, KdfParams, Secret, SecretString, Vault, VaultKey, VaultOptions};
 use mandate_core::{AuditEvent, Clock, Decision, ManualClock, SystemClock};
 use parking_lot::Mutex;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
+
+mod common;
+use common::TestCa;
 
 const CONNECTION: &str = "crm:user";
 const PLACEHOLDER: &str = "MANDATE_PLACEHOLDER_CRM_USER";
@@ -93,41 +94,9 @@ async fn token_endpoint() -> (Arc<TokenEndpoint>, String) {
 
 // ---------------------------------------------------------------- the TLS upstream
 
-struct TestCa {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert_pem = params.self_signed(&key).unwrap().pem();
-        Self { cert_pem, issuer: Issuer::new(params, key) }
-    }
-
-    fn server_config(&self) -> rustls::ServerConfig {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        let leaf = params.signed_by(&key, &self.issuer).unwrap();
-        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![leaf.der().clone()], private)
-                .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config
-    }
-}
-
 /// A TLS upstream that records the Authorization header of every request it receives.
 async fn tls_upstream(ca: &TestCa) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(&[b"h2", b"http/1.1"])));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
