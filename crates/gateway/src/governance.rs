@@ -129,6 +129,8 @@ pub(crate) struct Inbound<'a> {
     pub mcp_session: Option<&'a str>,
     pub body: Body<'a>,
     pub calls: &'a [McpCall],
+    /// How many JSON-RPC messages the body held (a batch's length).
+    pub messages: usize,
 }
 
 /// The request goes on: maybe with a new (redacted) body, and with what the audit event notes.
@@ -271,10 +273,7 @@ impl Governance {
     }
 
     fn evaluate_inner(&self, inbound: &Inbound<'_>) -> Result<Admitted, Refusal> {
-        if let Body::Json(bytes) = inbound.body
-            && let Ok(Value::Array(batch)) = serde_json::from_slice::<Value>(bytes)
-            && batch.len() > MAX_BATCH
-        {
+        if inbound.messages > MAX_BATCH {
             let text = format!("a JSON-RPC batch may hold at most {MAX_BATCH} messages");
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid_request", text));
         }
@@ -631,7 +630,7 @@ mod tests {
     }
 
     fn run(governance: &Governance, principal: &Principal, body: &Bytes) -> Decision {
-        let calls = mcp::inspect(body);
+        let mcp::Inspected { calls, messages } = mcp::inspect(body);
         let inbound = Inbound {
             principal,
             agent: Some("spiffe://t/agent/a"),
@@ -641,6 +640,7 @@ mod tests {
             mcp_session: None,
             body: Body::Json(body),
             calls: &calls,
+            messages,
         };
         governance.evaluate(&inbound)
     }
@@ -814,6 +814,7 @@ mod tests {
             mcp_session: None,
             body: Body::Unscannable,
             calls: &calls,
+            messages: 0,
         };
         assert!(matches!(governance("[content]").evaluate(&inbound(&p)), Decision::Admit(_)));
         let strict = governance("[content]\nunscanned = \"deny\"");

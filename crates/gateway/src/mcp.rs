@@ -21,13 +21,23 @@ pub struct McpCall {
     pub id: Option<Value>,
 }
 
-/// The calls in a JSON-RPC body: one request, or each of a batch. Empty when the body is not
-/// JSON-RPC (JSON-RPC responses a client posts back carry no method and are skipped).
-pub fn inspect(body: &[u8]) -> Vec<McpCall> {
+/// What a JSON body holds as JSON-RPC: its calls (responses a client posts back carry no method
+/// and are skipped; at most [`MAX_BATCH`] of a batch are described) and its number of messages
+/// (a batch's length, else 1; 0 when the body is not JSON).
+#[derive(Debug, Default)]
+pub struct Inspected {
+    pub calls: Vec<McpCall>,
+    pub messages: usize,
+}
+
+/// Parses a JSON body once for everything the gateway needs from it.
+pub fn inspect(body: &[u8]) -> Inspected {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(batch)) => batch.iter().take(MAX_BATCH).filter_map(call).collect(),
-        Ok(single) => call(&single).into_iter().collect(),
-        Err(_) => Vec::new(),
+        Ok(Value::Array(batch)) => {
+            Inspected { calls: batch.iter().take(MAX_BATCH).filter_map(call).collect(), messages: batch.len() }
+        }
+        Ok(single) => Inspected { calls: call(&single).into_iter().collect(), messages: 1 },
+        Err(_) => Inspected::default(),
     }
 }
 
@@ -80,9 +90,9 @@ mod tests {
             arguments: Some(json!({})),
             id: Some(json!(3)),
         };
-        assert_eq!(inspect(body), [call]);
+        assert_eq!(inspect(body).calls, [call]);
         let mut out = Map::new();
-        details(&inspect(body), &mut out);
+        details(&inspect(body).calls, &mut out);
         assert_eq!(Value::Object(out), json!({"mcp_method": "tools/call", "tool": "add_note"}));
     }
 
@@ -90,7 +100,7 @@ mod tests {
     fn other_methods_carry_no_tool() {
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"ignored"}}"#;
         let call = McpCall { method: "tools/list".into(), tool: None, arguments: None, id: Some(json!(1)) };
-        assert_eq!(inspect(body), [call]);
+        assert_eq!(inspect(body).calls, [call]);
     }
 
     #[test]
@@ -98,7 +108,7 @@ mod tests {
         let body = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"},
             {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search"}}]"#;
         let mut out = Map::new();
-        details(&inspect(body), &mut out);
+        details(&inspect(body).calls, &mut out);
         assert_eq!(
             Value::Object(out),
             json!({"mcp_calls": [{"mcp_method": "notifications/initialized"},
@@ -109,7 +119,7 @@ mod tests {
     #[test]
     fn non_json_rpc_bodies_describe_nothing() {
         for body in [&b"not json"[..], br#"{"method":"x"}"#, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, b"42"] {
-            assert!(inspect(body).is_empty(), "{}", String::from_utf8_lossy(body));
+            assert!(inspect(body).calls.is_empty(), "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -117,19 +127,29 @@ mod tests {
     fn arguments_and_ids_are_kept() {
         let body =
             br#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"t","arguments":{"q":[1,"x"]}}}"#;
-        let call = &inspect(body)[0];
+        let call = &inspect(body).calls[0];
         assert_eq!((call.arguments.clone(), call.id.clone()), (Some(json!({"q": [1, "x"]})), Some(json!("a-1"))));
         let notification = br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#;
-        let call = &inspect(notification)[0];
+        let call = &inspect(notification).calls[0];
         assert_eq!((call.arguments.clone(), call.id.clone()), (None, None));
         let odd_id = br#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#;
-        assert_eq!(inspect(odd_id)[0].id, None, "ids are strings or numbers");
+        assert_eq!(inspect(odd_id).calls[0].id, None, "ids are strings or numbers");
     }
 
     #[test]
     fn long_names_are_cut() {
         let name = "t".repeat(1000);
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}).to_string();
-        assert_eq!(inspect(body.as_bytes())[0].tool.as_deref().map(str::len), Some(MAX_NAME));
+        assert_eq!(inspect(body.as_bytes()).calls[0].tool.as_deref().map(str::len), Some(MAX_NAME));
+    }
+
+    #[test]
+    fn every_message_of_a_batch_is_counted_but_at_most_max_batch_are_described() {
+        let one = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let batch = Value::Array(vec![one.clone(); MAX_BATCH + 5]).to_string();
+        let inspected = inspect(batch.as_bytes());
+        assert_eq!((inspected.calls.len(), inspected.messages), (MAX_BATCH, MAX_BATCH + 5));
+        assert_eq!(inspect(one.to_string().as_bytes()).messages, 1);
+        assert_eq!(inspect(b"not json").messages, 0);
     }
 }

@@ -32,7 +32,7 @@ use crate::budget::SessionKey;
 use crate::governance::{self, Decision, Endpoints, Governance, Inbound};
 use crate::headers::{strip_hop_by_hop, upstream_request_headers};
 use crate::keys::KeyringKeys;
-use crate::mcp::{self, McpCall};
+use crate::mcp::{self, Inspected, McpCall};
 use crate::mint::{InProcessMinter, MintInput, MintOutcome, TxnMinter};
 
 /// The largest JSON body the gateway reads to learn the MCP method (larger ones are refused).
@@ -198,7 +198,7 @@ impl Gateway {
                 return self.refuse(event, rejection.into_response()).await;
             }
         };
-        let (mut body, read, calls) = match self.read_body(&parts, body).await {
+        let (mut body, read, inspected) = match self.read_body(&parts, body).await {
             Ok(read) => read,
             Err(refusal) => {
                 let event = self.event(correlation, Some(&principal), &parts).refused(refusal.code, refusal.detail);
@@ -207,7 +207,7 @@ impl Gateway {
         };
         let mut governed = None;
         if let Some(governance) = &self.governance {
-            match self.govern(governance, &principal, &parts, &read, &calls) {
+            match self.govern(governance, &principal, &parts, &read, &inspected) {
                 Decision::Admit(admitted) => {
                     if let Some(redacted) = admitted.body {
                         parts.headers.remove(header::CONTENT_LENGTH);
@@ -217,7 +217,7 @@ impl Gateway {
                 }
                 Decision::Refuse(refusal) => {
                     let mut event = self.event(correlation, Some(&principal), &parts);
-                    let detail = format!("{} {}", detail(&parts, &calls), refusal.audit_detail);
+                    let detail = format!("{} {}", detail(&parts, &inspected.calls), refusal.audit_detail);
                     event = event.refused(refusal.code, &detail);
                     event.action = "gateway.deny".into();
                     return self.refuse(event, refusal.into_response()).await;
@@ -228,7 +228,7 @@ impl Gateway {
             subject_token: &token,
             subject_claims: &principal.claims,
             request_context: request_context(&parts),
-            request_details: request_details(&parts, &calls),
+            request_details: request_details(&parts, &inspected.calls),
             workload: &self.config.workload,
         };
         let MintOutcome { result, audit: mint_event } = self.minter.mint(&input, correlation).await;
@@ -245,8 +245,8 @@ impl Gateway {
         };
         let mut event = self.event(correlation, Some(&principal), &parts);
         event.detail = Some(match governed {
-            Some(noted) => format!("{} {noted}", detail(&parts, &calls)),
-            None => detail(&parts, &calls),
+            Some(noted) => format!("{} {noted}", detail(&parts, &inspected.calls)),
+            None => detail(&parts, &inspected.calls),
         });
         event.txn = Some(minted.txn.clone());
         // Durable audit first: a call the log cannot record is not forwarded.
@@ -289,7 +289,7 @@ impl Gateway {
 
     /// A JSON POST body is read (bounded) to learn its MCP calls; with content checks, JSON,
     /// text and form bodies of any method are read too. Any other body streams through.
-    async fn read_body(&self, parts: &Parts, body: Body) -> Result<(Body, ReadBody, Vec<McpCall>), BodyRefusal> {
+    async fn read_body(&self, parts: &Parts, body: Body) -> Result<(Body, ReadBody, Inspected), BodyRefusal> {
         let scanning = self.governance.as_ref().is_some_and(|g| g.scans_content());
         let kind = match scanning {
             false => ReadBody::Streamed,
@@ -302,21 +302,28 @@ impl Gateway {
             other => other,
         };
         if matches!(kind, ReadBody::Streamed | ReadBody::Unscannable | ReadBody::Empty) {
-            return Ok((body, kind, Vec::new()));
+            return Ok((body, kind, Inspected::default()));
         }
         let bytes: Bytes = match Limited::new(body, self.config.max_json_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(BodyRefusal::too_large()),
             Err(_) => return Err(BodyRefusal::unreadable()),
         };
-        let calls = if is_json_post(parts) { mcp::inspect(&bytes) } else { Vec::new() };
+        // Parsed once: the MCP calls of a JSON POST, and every JSON body's batch length.
+        let mut inspected = match kind {
+            ReadBody::Json(_) => mcp::inspect(&bytes),
+            _ => Inspected::default(),
+        };
+        if !is_json_post(parts) {
+            inspected.calls.clear();
+        }
         let read = match kind {
             ReadBody::Json(_) => ReadBody::Json(bytes.clone()),
             ReadBody::Text(_) => ReadBody::Text(bytes.clone()),
             ReadBody::Form(_) => ReadBody::Form(bytes.clone()),
             other => other,
         };
-        Ok((Body::from(bytes), read, calls))
+        Ok((Body::from(bytes), read, inspected))
     }
 
     /// Governance's decision on an authenticated request.
@@ -326,7 +333,7 @@ impl Gateway {
         principal: &Principal,
         parts: &Parts,
         read: &ReadBody,
-        calls: &[McpCall],
+        inspected: &Inspected,
     ) -> Decision {
         let mcp_session = match governance::mcp_session_id(&parts.headers) {
             Ok(id) => id,
@@ -347,7 +354,9 @@ impl Gateway {
             ReadBody::Empty | ReadBody::Streamed => governance::Body::Empty,
         };
         let (http_method, path) = (parts.method.as_str(), parts.uri.path());
-        governance.evaluate(&Inbound { principal, agent, http_method, path, session, mcp_session, body, calls })
+        let (calls, messages) = (inspected.calls.as_slice(), inspected.messages);
+        let inbound = Inbound { principal, agent, http_method, path, session, mcp_session, body, calls, messages };
+        governance.evaluate(&inbound)
     }
 
     /// Forwards to the upstream with the Txn-Token in place of the inbound credentials.
