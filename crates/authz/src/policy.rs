@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mandate_core::{AuditEvent, OAuthError, OAuthErrorCode};
-use mandate_policy::{Action, Counters, Decision, PolicyEngine, PolicyRequest, PolicySummary};
+use mandate_policy::{Action, Counters, PolicyEngine, PolicyRequest, PolicySummary};
 use mandate_store::{Mutation, StoreError};
 use serde_json::Value;
 
@@ -208,30 +208,11 @@ fn enforce(authz: &Authz, request: &PolicyRequest<'_>, event: &mut AuditEvent) -
         return Ok(());
     }
     let decision = authz.policy.decide(request);
-    append_detail(event, &describe(&decision));
+    append_detail(event, &decision.audit_note());
     if decision.allowed {
         return Ok(());
     }
-    Err(OAuthError::new(OAuthErrorCode::AccessDenied, refusal(&decision)))
-}
-
-/// `policy=allow|deny ids=a,b` for audit details.
-pub fn describe(decision: &Decision) -> String {
-    let verdict = if decision.allowed { "allow" } else { "deny" };
-    let mut text = format!("policy={verdict} ids={}", decision.policies_for_audit());
-    if !decision.errors.is_empty() {
-        text.push_str(&format!(" errors={}", decision.errors.len()));
-    }
-    text
-}
-
-/// Why policy refused, naming the deciding policies (no policy = nothing permits it).
-pub fn refusal(decision: &Decision) -> String {
-    if decision.policy_ids.is_empty() {
-        "denied by policy: no policy permits this request".to_owned()
-    } else {
-        format!("denied by policy {}", decision.policy_ids.join(", "))
-    }
+    Err(OAuthError::new(OAuthErrorCode::AccessDenied, decision.refusal()))
 }
 
 fn append_detail(event: &mut AuditEvent, text: &str) {

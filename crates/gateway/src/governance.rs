@@ -403,11 +403,11 @@ impl Governance {
             approved: facts.approved,
         };
         let decision = engine.decide(&request);
-        let note = mandate_authz::policy::describe(&decision);
+        let note = decision.audit_note();
         let verdict = match (decision.allowed, decision.step_up) {
             (true, _) => Verdict::Allow,
             (false, true) => Verdict::RequireApproval,
-            (false, false) => Verdict::Deny { reason: mandate_authz::policy::refusal(&decision) },
+            (false, false) => Verdict::Deny { reason: decision.refusal() },
         };
         (verdict, Some(note))
     }

@@ -37,6 +37,26 @@ impl Decision {
     pub fn policies_for_audit(&self) -> String {
         if self.policy_ids.is_empty() { "default-deny".to_owned() } else { self.policy_ids.join(",") }
     }
+
+    /// The note an audit event carries for this decision: `policy=allow|deny ids=…` (and the
+    /// number of evaluation errors, if any).
+    pub fn audit_note(&self) -> String {
+        let verdict = if self.allowed { "allow" } else { "deny" };
+        let mut note = format!("policy={verdict} ids={}", self.policies_for_audit());
+        if !self.errors.is_empty() {
+            note.push_str(&format!(" errors={}", self.errors.len()));
+        }
+        note
+    }
+
+    /// Why policy refused, for the refused caller: the deciding policies, or that none permits it.
+    pub fn refusal(&self) -> String {
+        if self.policy_ids.is_empty() {
+            "denied by policy: no policy permits this request".to_owned()
+        } else {
+            format!("denied by policy {}", self.policy_ids.join(", "))
+        }
+    }
 }
 
 /// What a successful load or validation found.
