@@ -225,8 +225,7 @@ fn append_detail(event: &mut AuditEvent, text: &str) {
 /// The agent answering for a token: its subject when that is an agent of this trust domain,
 /// else the current actor (`act.sub`).
 fn acting_agent<'t>(authz: &Authz, subject: &'t str, actor: Option<&'t Value>) -> Option<&'t str> {
-    let prefix = format!("spiffe://{}/agent/", authz.config.trust_domain);
-    let is_agent = |id: &&str| id.starts_with(&prefix);
+    let is_agent = |id: &&str| authz.config.trust_domain.agent_name(id).is_some();
     let acting = actor.and_then(|a| a.get("sub")).and_then(Value::as_str);
     Some(subject).filter(is_agent).or_else(|| acting.filter(is_agent))
 }

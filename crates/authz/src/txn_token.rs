@@ -356,8 +356,7 @@ fn actor(authz: &Authz, claims: &Value, sub: &str) -> Option<Value> {
     if let Some(act) = claims.get("act").filter(|a| a.is_object()) {
         return Some(act.clone());
     }
-    let agents = format!("spiffe://{}/agent/", authz.config.trust_domain.as_str());
-    if sub.starts_with(&agents) {
+    if authz.config.trust_domain.agent_name(sub).is_some() {
         return Some(json!({ "sub": sub }));
     }
     claims.get("client_id").and_then(Value::as_str).map(|client| json!({ "sub": client }))

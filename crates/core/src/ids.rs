@@ -93,6 +93,12 @@ impl TrustDomain {
     pub fn agent_id_str(&self, agent: &str) -> String {
         format!("spiffe://{}/agent/{agent}", self.0)
     }
+
+    /// What follows `spiffe://<td>/agent/` when `id` is an agent path of this trust domain
+    /// (the agent's name; not validated), without allocating.
+    pub fn agent_name<'a>(&self, id: &'a str) -> Option<&'a str> {
+        id.strip_prefix("spiffe://")?.strip_prefix(self.0.as_str())?.strip_prefix("/agent/")
+    }
 }
 
 impl fmt::Display for TrustDomain {
@@ -179,6 +185,21 @@ mod tests {
         assert!(Name::parse("billing-bot.v2_a").is_ok());
         for bad in ["", "Bot", "-bot", "bot/x", "bot x", &"a".repeat(64)] {
             assert!(Name::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn agent_names_are_read_only_from_this_trust_domains_agent_paths() {
+        let td = TrustDomain::parse("mandate.local").expect("valid");
+        assert_eq!(td.agent_name("spiffe://mandate.local/agent/bot"), Some("bot"));
+        for other in [
+            "spiffe://mandate.localx/agent/bot",
+            "spiffe://other.local/agent/bot",
+            "spiffe://mandate.local/gateway",
+            "mandate.local/agent/bot",
+            "alice",
+        ] {
+            assert_eq!(td.agent_name(other), None, "{other}");
         }
     }
 

@@ -205,12 +205,11 @@ fn read_rules(path: &Path) -> anyhow::Result<Rules> {
 /// events never name an agent that does not exist.
 async fn agent_and_owner(authz: &mandate_authz::Authz, agent: &str) -> anyhow::Result<(String, String)> {
     let trust_domain = &authz.config.trust_domain;
-    let prefix = format!("spiffe://{trust_domain}/agent/");
-    let name = match agent.strip_prefix("spiffe://") {
-        Some(_) => {
-            agent.strip_prefix(&prefix).with_context(|| format!("--agent {agent} is not an agent of {trust_domain}"))?
-        }
-        None => agent,
+    let name = match agent.starts_with("spiffe://") {
+        true => trust_domain
+            .agent_name(agent)
+            .with_context(|| format!("--agent {agent} is not an agent of {trust_domain}"))?,
+        false => agent,
     };
     let record = authz.store.agent(name).await?.with_context(|| format!("no agent named {name:?}"))?;
     Ok((record.spiffe_id.to_string(), record.owner.to_string()))
