@@ -1,3 +1,5 @@
+//! Unit tests of the Transaction Token Service: who may ask, the claims minted, replacement
+//! rules and every refusal, against a started `Authz` over a real SQLite store.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
