@@ -52,7 +52,8 @@ pub struct QueryArgs {
     #[arg(long)]
     owner: Option<String>,
     /// Every event of one token id; its `token.issue` event names the agent, owner and client responsible.
-    #[arg(long)]
+    /// (A `jti` is base64url and may begin with `-`, so the value is taken as is.)
+    #[arg(long, allow_hyphen_values = true)]
     jti: Option<String>,
     /// An OAuth client_id.
     #[arg(long)]

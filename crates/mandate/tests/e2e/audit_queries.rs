@@ -210,3 +210,12 @@ async fn the_admin_api_answers_the_same_queries() {
     assert!(queries.iter().any(|e| e["decision"] == "allow" && e["detail"] == "agent=bot&action=token."));
     assert!(queries.iter().any(|e| e["decision"] == "deny" && e["reason"] == "invalid_request"));
 }
+
+#[test]
+fn a_jti_beginning_with_a_dash_is_a_value_not_a_flag() {
+    // Token ids are base64url: one in 64 begins with '-'.
+    let server = Server::start();
+    let answer = server.cli_raw(&["--json", "audit", "query", "--jti", "-2fC6SpmM_rQML93Egtjyg"]);
+    assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
+    assert!(String::from_utf8_lossy(&answer.stdout).trim().is_empty(), "no event has that jti");
+}
