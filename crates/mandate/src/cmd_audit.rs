@@ -163,9 +163,26 @@ async fn query(authz: &Authz, args: QueryArgs, out: &Output) -> anyhow::Result<(
         from: None,
     };
     let filter = params.into_filter(&authz.config.trust_domain)?;
-    let print = |event: Value| println!("{}", if out.json { event.to_string() } else { describe_event(&event) });
+    // A reader that stops early (`| head`) closes the pipe: the rest of the output is unwanted,
+    // not an error. Any other write failure is.
+    let mut write_error = None;
+    let mut pipe_closed = false;
+    let print = |event: Value| {
+        if pipe_closed || write_error.is_some() {
+            return;
+        }
+        let line = if out.json { event.to_string() } else { describe_event(&event) };
+        match writeln!(std::io::stdout(), "{line}") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => pipe_closed = true,
+            Err(e) => write_error = Some(e),
+        }
+    };
     filter.scan(authz.store.as_ref(), print).await?;
-    Ok(())
+    match write_error {
+        Some(e) => Err(anyhow::Error::new(e).context("writing the matching events")),
+        None => Ok(()),
+    }
 }
 
 /// One event on one line for people: when, what, the outcome, who, and why.

@@ -219,3 +219,24 @@ fn a_jti_beginning_with_a_dash_is_a_value_not_a_flag() {
     assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
     assert!(String::from_utf8_lossy(&answer.stdout).trim().is_empty(), "no event has that jti");
 }
+
+/// `mandate audit query | head -1` closes the pipe early: the CLI stops quietly (exit 0) instead
+/// of panicking on the broken pipe.
+#[tokio::test]
+async fn a_query_whose_reader_goes_away_ends_quietly() {
+    let (server, _) = server_with_tokens(2).await;
+    let mut child = Command::new(bin())
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .args(["audit", "query", "--agent", "bot"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the first line is written, so that write certainly fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
