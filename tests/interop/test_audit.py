@@ -194,7 +194,11 @@ def test_independent_verification(mandate, export, vkey):
     assert all((e["agent"] or "").startswith("spiffe://mandate.local/agent/") or e["owner"] for e in issued)
     assert any(e["agent"] == AGENT_SPIFFE and e["owner"] == "alice" for e in issued)
     kills = [e for e in report.entries if e["action"] == "revoke.agent" and e["decision"] == "allow"]
-    assert [e["agent"] for e in kills] == ["spiffe://mandate.local/agent/bot2"]
+    # test_kill_switch's bot2, and console-bot from the console in Chromium (test_browser_console).
+    assert sorted(e["agent"] for e in kills) == [
+        "spiffe://mandate.local/agent/bot2",
+        "spiffe://mandate.local/agent/console-bot",
+    ]
 
     # Every token this session received is in the log by jti.
     logged_jtis = {e["jti"] for e in issued}

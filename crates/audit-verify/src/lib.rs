@@ -34,7 +34,8 @@ mod strict_json;
 pub use canonical::{CanonicalError, canonical_json};
 pub use export::{EXPORT_FORMAT, Reason, Report, VerifyError, verify_export, verify_export_extending};
 pub use merkle::{
-    Hash, consistency_proof, inclusion_proof, leaf_hash, merkle_root, node_hash, verify_consistency, verify_inclusion,
+    Frontier, Hash, consistency_proof, inclusion_proof, leaf_hash, merkle_root, node_hash, verify_consistency,
+    verify_inclusion,
 };
 pub use note::{Checkpoint, KeyParseError, NoteError, VerifierKey, parse_checkpoint, verify_note, verify_signed_note};
 pub use receipt::{RECEIPT_FORMAT, ReceiptError, ReceiptReport, verify_receipt};

@@ -487,20 +487,54 @@ pub enum Decision {
     Denied,
 }
 
+/// Who decides an approval request: the owner signing in on the approval page, or an owner
+/// already signed in to the console.
+enum Decider {
+    Password { owner: String, password: Zeroizing<String> },
+    SignedIn(String),
+}
+
 /// Handles the approval form: only the owner named in the request, with their password, may
 /// approve or deny it. Audited as `ciba.approve` / `ciba.deny` (refusals included).
 pub async fn decide(authz: &Authz, form: ApprovalForm, correlation_id: &str) -> Result<Decision, OAuthError> {
-    let (action, decision) = match form.decision.as_deref() {
+    let decider =
+        Decider::Password { owner: form.owner.unwrap_or_default(), password: form.password.unwrap_or_default() };
+    record_decision(authz, &form.approval_id, form.decision.as_deref(), decider, correlation_id).await
+}
+
+/// The console's decision: `owner` has already signed in there, so their session stands in for
+/// the password. Same rules and audit events as [`decide`]; only the request's owner may decide.
+pub async fn decide_as_owner(
+    authz: &Authz,
+    approval_id: &str,
+    owner: &str,
+    decision: Option<&str>,
+    correlation_id: &str,
+) -> Result<Decision, OAuthError> {
+    record_decision(authz, approval_id, decision, Decider::SignedIn(owner.to_owned()), correlation_id).await
+}
+
+async fn record_decision(
+    authz: &Authz,
+    approval_id: &str,
+    decision: Option<&str>,
+    decider: Decider,
+    correlation_id: &str,
+) -> Result<Decision, OAuthError> {
+    let (action, decision) = match decision {
         Some("approve") => ("ciba.approve", Some(Decision::Approved)),
         Some("deny") => ("ciba.deny", Some(Decision::Denied)),
         _ => ("ciba.decision", None),
     };
     let mut event = AuditEvent::allow(action, correlation_id);
-    let approval_id = form.approval_id.clone();
-    match decide_inner(authz, form, decision, &mut event).await {
+    match decide_inner(authz, approval_id, decider, decision, &mut event).await {
         Err(error) if error.description == WRONG_PASSWORD => {
             // Counted with its audit event, so guessing ends with a denied request.
-            let failed = Mutation::FailCibaDecision { approval_id, max: MAX_FAILURES, now_ms: authz.clock.now_ms() };
+            let failed = Mutation::FailCibaDecision {
+                approval_id: approval_id.to_owned(),
+                max: MAX_FAILURES,
+                now_ms: authz.clock.now_ms(),
+            };
             let event = event.refused(error.code.as_str(), &error.description);
             // A refused count means the request was decided meanwhile: nothing left to guard.
             let _counted = authz.log.apply(failed, event).await.map_err(crate::audit_failure)?;
@@ -519,19 +553,28 @@ const WRONG_PASSWORD: &str = "wrong owner name or password";
 
 async fn decide_inner(
     authz: &Authz,
-    form: ApprovalForm,
+    approval_id: &str,
+    decider: Decider,
     decision: Option<Decision>,
     event: &mut AuditEvent,
 ) -> Result<(Decision, Option<Mutation>), OAuthError> {
     let decision = decision.ok_or_else(|| OAuthError::invalid_request("decision must be approve or deny"))?;
-    let stored = pending_by_approval(authz, &form.approval_id).await?;
+    let stored = pending_by_approval(authz, approval_id).await?;
     describe(event, &stored);
     event.client = Some(stored.client_id.clone());
-    let owner = form.owner.unwrap_or_default();
-    let password = form.password.unwrap_or_default();
-    let verified = crate::password::verify_owner_password(authz, &owner, password).await?;
-    let verified = verified.ok_or_else(|| OAuthError::new(OAuthErrorCode::AccessDenied, WRONG_PASSWORD))?;
-    if verified.name.as_str() != stored.owner {
+    let owner = match decider {
+        Decider::Password { owner, password } => {
+            let verified = crate::password::verify_owner_password(authz, &owner, password).await?;
+            let verified = verified.ok_or_else(|| OAuthError::new(OAuthErrorCode::AccessDenied, WRONG_PASSWORD))?;
+            verified.name.to_string()
+        }
+        Decider::SignedIn(owner) => {
+            let described = event.detail.take().unwrap_or_default();
+            event.detail = Some(format!("{described} decided in the console by {owner}"));
+            owner
+        }
+    };
+    if owner != stored.owner {
         let why = "only the owner named in the request may decide it";
         return Err(OAuthError::new(OAuthErrorCode::AccessDenied, why));
     }

@@ -19,6 +19,7 @@ mod request_id;
 mod spiffe;
 mod ssf;
 mod transparency;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use metrics::Metrics;
 pub use reply::MAX_FORM_BYTES;
+pub use ui::Console;
 
 /// Largest JSON body the admin API reads.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub interactions: Arc<mandate_authz::authorize::Interactions>,
     /// Prometheus metrics served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The web console's sessions and verified audit prefix (per process).
+    pub console: Arc<Console>,
 }
 
 impl AppState {
@@ -79,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/bc-authorize", post(ciba::bc_authorize))
         .route("/oauth2/ciba/approve/{approval_id}", get(ciba::approval_page).post(ciba::approval_decision))
         .nest("/admin/api/v1", admin::routes())
+        .nest("/ui", ui::routes())
         .merge(spiffe::routes())
         .merge(ssf::routes())
         .merge(transparency::routes())

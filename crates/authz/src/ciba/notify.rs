@@ -208,6 +208,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_console_decision_takes_the_same_path_as_the_password_form() {
+        let (url, seen) = receiver(204).await;
+        let f = fixture("ping", Some(&url)).await;
+        ask(&f, Some("client-notification-token-console")).await.unwrap();
+        let approval = crate::ciba::pending(&f.authz, "alice").await.unwrap()[0].0.approval_id.clone();
+        crate::registry::create_owner(&f.authz, "bob", None, "t").await.unwrap();
+        let decide = |owner: &'static str, decision: &'static str| {
+            crate::ciba::decide_as_owner(&f.authz, &approval, owner, Some(decision), "t")
+        };
+        let refused = decide("bob", "approve").await.unwrap_err();
+        assert_eq!(refused.code, mandate_core::OAuthErrorCode::AccessDenied, "only the named owner decides");
+        assert!(decide("alice", "maybe").await.is_err());
+        assert_eq!(deliver_due(&f.authz).await.unwrap(), 0, "refusals decide nothing");
+
+        assert_eq!(decide("alice", "approve").await.unwrap(), crate::ciba::Decision::Approved);
+        assert_eq!(deliver_due(&f.authz).await.unwrap(), 1, "the ping is due, as after the password form");
+        assert_eq!(seen.lock().len(), 1);
+        assert!(decide("alice", "deny").await.is_err(), "a decided request stays decided");
+    }
+
+    #[tokio::test]
     async fn a_decision_pings_the_client_with_its_token_and_the_secrets_are_then_erased() {
         let (url, seen) = receiver(204).await;
         let f = fixture("ping", Some(&url)).await;
