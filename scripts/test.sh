@@ -14,5 +14,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== mandate demo"
+cargo run -q --locked -p mandate -- demo
 echo "== interop"
 bash tests/interop/run.sh

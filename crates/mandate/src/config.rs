@@ -18,17 +18,35 @@ const MAX_REFRESH_TOKEN_TTL_SECS: i64 = 365 * 86_400;
 const MIN_SVID_TTL_SECS: i64 = 2;
 const MAX_SVID_TTL_SECS: i64 = MAX_ACCESS_TOKEN_TTL_SECS;
 
-/// Environment variables that are not config keys but are still ours.
-const OTHER_ENV: &[&str] = &[
-    "MANDATE_KEK",
-    "MANDATE_CONFIG",
-    "MANDATE_TEST_POSTGRES",
-    "MANDATE_BIN",
-    "MANDATE_GATEWAY_CLIENT_SECRET",
-    // The broker vault's passphrase, and the new one for `mandate broker vault rekey`.
-    "MANDATE_VAULT_PASSPHRASE",
-    "MANDATE_VAULT_NEW_PASSPHRASE",
+/// Environment variables that are ours but are not settings, with what they are for.
+pub const OTHER_ENV: &[EnvDoc] = &[
+    EnvDoc {
+        name: "MANDATE_KEK",
+        meaning: "the key-encryption key (32 bytes, standard base64). Without it, Mandate uses \
+                  `<data_dir>/kek`, creating it (mode 0600) on first start and refusing to start if it is \
+                  readable by group or others. Replicas sharing a PostgreSQL database must share the KEK.",
+    },
+    EnvDoc { name: "MANDATE_CONFIG", meaning: "the TOML config file, like `--config FILE`." },
+    EnvDoc {
+        name: "MANDATE_GATEWAY_CLIENT_SECRET",
+        meaning: "`mandate gateway` in remote mode: the gateway client's secret (or `--client-secret-file`).",
+    },
+    EnvDoc {
+        name: "MANDATE_VAULT_PASSPHRASE",
+        meaning: "the broker vault's passphrase (or `--passphrase-file`) ([broker-vault.md](broker-vault.md)).",
+    },
+    EnvDoc { name: "MANDATE_VAULT_NEW_PASSPHRASE", meaning: "the new passphrase for `mandate broker vault rekey`." },
+    EnvDoc { name: "MANDATE_TEST_POSTGRES", meaning: "used by the test scripts; ignored by Mandate." },
+    EnvDoc { name: "MANDATE_BIN", meaning: "used by the test and bench scripts; ignored by Mandate." },
 ];
+
+/// One environment variable outside the settings.
+#[derive(Debug)]
+pub struct EnvDoc {
+    pub name: &'static str,
+    /// Markdown; links are relative to `docs/`.
+    pub meaning: &'static str,
+}
 
 /// How log lines are written to standard error.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -41,56 +59,157 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Where the SQLite database, the key-encryption key and the admin credential live.
-    pub data_dir: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    /// Public issuer URL; defaults to `http://<listen address>`.
-    pub issuer: Option<String>,
-    /// `postgres://…` for PostgreSQL; SQLite in the data directory when unset.
-    pub database: Option<String>,
-    pub trust_domain: Option<String>,
-    pub access_token_ttl_secs: Option<i64>,
-    /// Refresh-token lifetime (authorization code flow); each rotation starts a new one.
-    pub refresh_token_ttl_secs: Option<i64>,
-    /// `EdDSA` (default) or `ES256`.
-    pub access_token_alg: Option<String>,
+/// What a `MANDATE_<KEY>` value is parsed as before it joins the other layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Integer,
+    Boolean,
+    Text,
+}
+
+/// Ties each setting's Rust type to the way its environment variable is read.
+trait SettingValue {
+    const KIND: ValueKind;
+}
+
+macro_rules! setting_kinds {
+    ($kind:ident: $($ty:ty),+) => { $(impl SettingValue for $ty { const KIND: ValueKind = ValueKind::$kind; })+ };
+}
+setting_kinds!(Integer: i64, u64);
+setting_kinds!(Boolean: bool);
+setting_kinds!(Text: String, PathBuf, SocketAddr, LogFormat);
+
+/// One row of the configuration reference (`mandate config reference`, docs/configuration.md).
+#[derive(Debug)]
+pub struct SettingDoc {
+    /// The TOML key; the environment variable is `MANDATE_<KEY>`.
+    pub key: &'static str,
+    /// The field's doc comment, one entry per line: markdown, links relative to `docs/`.
+    pub doc: &'static [&'static str],
+    pub kind: ValueKind,
+    /// Markdown, e.g. "300" or "unset (not served)".
+    pub default: &'static str,
+    /// Accepted values: `lo..=hi` for bounded integers (checked against the code by tests),
+    /// or a short markdown phrase.
+    pub values: Option<&'static str>,
+    /// The command-line flag setting the same value, if any.
+    pub flag: Option<&'static str>,
+}
+
+impl SettingDoc {
+    pub fn env_var(&self) -> String {
+        format!("MANDATE_{}", self.key.to_ascii_uppercase())
+    }
+
+    /// The doc comment as one line of markdown.
+    pub fn meaning(&self) -> String {
+        self.doc.iter().map(|line| line.trim()).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Declares every setting once: the `Settings` struct, its `overlay`, and [`REFERENCE`] all
+/// come from this list, so the documentation cannot name a key the parser does not know.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $key:ident: $ty:ty {
+            default: $default:literal,
+            $(values: $values:literal,)?
+            $(flag: $flag:literal,)?
+        }
+    )*) => {
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $($(#[doc = $doc])* pub $key: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// `other`'s values win where set.
+            pub fn overlay(self, other: Self) -> Self {
+                Self { $($key: other.$key.or(self.$key),)* }
+            }
+        }
+
+        /// Every setting, in documentation order.
+        pub const REFERENCE: &[SettingDoc] = &[$(
+            SettingDoc {
+                key: stringify!($key),
+                doc: &[$($doc),*],
+                kind: <$ty as SettingValue>::KIND,
+                default: $default,
+                values: settings!(@optional $($values)?),
+                flag: settings!(@optional $($flag)?),
+            },
+        )*];
+    };
+    (@optional $text:literal) => { Some($text) };
+    (@optional) => { None };
+}
+
+settings! {
+    /// SQLite database, key-encryption key (`kek`), admin credential (`admin-token`).
+    data_dir: PathBuf { default: "`mandate-data`", flag: "--data-dir", }
+    /// HTTP listen address.
+    listen: SocketAddr { default: "`127.0.0.1:8080`", flag: "serve --listen", }
+    /// The `iss` of every token; set it to the public URL behind a TLS proxy.
+    issuer: String { default: "`http://<listen address>`", flag: "serve --issuer", }
+    /// `postgres://user@host/db` for PostgreSQL (several replicas share it).
+    database: String { default: "SQLite in `data_dir`", flag: "--database", }
+    /// SPIFFE trust domain; agents are `spiffe://<trust_domain>/agent/<name>`.
+    trust_domain: String { default: "`mandate.local`", }
+    /// Access-token lifetime.
+    access_token_ttl_secs: i64 { default: "300", values: "30..=3600", }
+    /// Signature algorithm of access tokens.
+    access_token_alg: String { default: "`EdDSA`", values: "`EdDSA`, `ES256`", }
+    /// Refresh-token lifetime of the authorization code flow; each rotation starts a new one
+    /// ([authorization-code.md](authorization-code.md)).
+    refresh_token_ttl_secs: i64 { default: "1209600 (14 days)", values: "60..=31536000", }
     /// How long a rotated-in key is published before it signs.
-    pub key_publish_lead_secs: Option<i64>,
-    pub audit_checkpoint_events: Option<u64>,
-    pub audit_checkpoint_ms: Option<u64>,
-    /// Log filter, e.g. `info` or `mandate=debug`.
-    pub log: Option<String>,
-    /// `text` (default) or `json`: one JSON object per line, with the request id of the
-    /// request a line belongs to.
-    pub log_format: Option<LogFormat>,
-    /// Workload identity federation and Client ID Metadata Documents may use http:// and
-    /// internal addresses (loopback tests only).
-    pub allow_insecure_federation: Option<bool>,
-    /// Serve `POST /oauth2/register` (RFC 7591); default true.
-    pub dynamic_registration: Option<bool>,
-    /// Accept `https://` client ids as Client ID Metadata Documents; default true.
-    pub client_id_metadata_documents: Option<bool>,
-    /// DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8); default false.
-    pub dpop_nonce_required: Option<bool>,
-    /// Unix socket path of the SPIFFE Workload API; not served when unset.
-    pub workload_socket: Option<PathBuf>,
-    /// X.509-SVID lifetime (default 3600, at most 3600); Workload API streams renew at half of it.
-    pub x509_svid_ttl_secs: Option<i64>,
-    /// JWT-SVID lifetime (default 300, at most 3600).
-    pub jwt_svid_ttl_secs: Option<i64>,
-    /// Txn-Token lifetime (default 60, at most 300; never beyond the subject token).
-    pub txn_token_ttl_secs: Option<i64>,
-    /// PEM certificate of an operator root CA that signs Mandate's SPIFFE CA as an intermediate
-    /// (with `spiffe_upstream_ca_key`); the CA is self-signed when unset.
-    pub spiffe_upstream_ca_cert: Option<PathBuf>,
-    /// A Cedar policy file (or directory of `*.cedar` files) activated at start; the server
-    /// refuses to start if it does not validate. Unset: the stored set (if any) stays active.
-    pub policy_file: Option<PathBuf>,
-    /// PEM private key of `spiffe_upstream_ca_cert`.
-    pub spiffe_upstream_ca_key: Option<PathBuf>,
+    key_publish_lead_secs: i64 { default: "120", values: "≥ 0", }
+    /// Sign an audit checkpoint after this many events…
+    audit_checkpoint_events: u64 { default: "1000", values: "≥ 1 (0 counts as 1)", }
+    /// …or after this long (milliseconds) with unsigned events.
+    audit_checkpoint_ms: u64 { default: "10000", values: "≥ 100 (less counts as 100)", }
+    /// Log filter (`tracing` EnvFilter syntax), e.g. `info` or `mandate=debug`.
+    log: String { default: "`info`", }
+    /// One JSON object per line with the request id of the request a line belongs to, or
+    /// human-readable text ([operations.md](operations.md#logs)).
+    log_format: LogFormat { default: "`text`", values: "`text`, `json`", }
+    /// Tests only: federation rules may use `http://` on loopback and fetch JWKS from internal
+    /// addresses ([federation.md](federation.md#fetching-keys)); likewise Client ID Metadata
+    /// Documents ([clients.md](clients.md#security-notes)).
+    allow_insecure_federation: bool { default: "`false`", }
+    /// Serve `POST /oauth2/register` (RFC 7591); when `false` it answers 404 and metadata has no
+    /// `registration_endpoint` ([clients.md](clients.md#dynamic-client-registration-rfc-7591)).
+    dynamic_registration: bool { default: "`true`", }
+    /// Accept `https://` client ids as Client ID Metadata Documents
+    /// ([clients.md](clients.md#client-id-metadata-documents)).
+    client_id_metadata_documents: bool { default: "`true`", }
+    /// DPoP proofs at the token endpoint must carry a server nonce (RFC 9449 §8); refusals are
+    /// `use_dpop_nonce` with a `DPoP-Nonce` header
+    /// ([delegation.md](delegation.md#dpop-at-the-token-endpoint)).
+    dpop_nonce_required: bool { default: "`false`", }
+    /// Unix socket of the SPIFFE Workload API
+    /// ([workload-identity.md](workload-identity.md#workload-api-and-attestation)).
+    workload_socket: PathBuf { default: "unset (not served)", flag: "serve --workload-socket", }
+    /// X.509-SVID lifetime; Workload API streams renew at half of it.
+    x509_svid_ttl_secs: i64 { default: "3600", values: "2..=3600", }
+    /// JWT-SVID lifetime.
+    jwt_svid_ttl_secs: i64 { default: "300", values: "2..=3600", }
+    /// Txn-Token lifetime, never beyond the subject token's `exp` ([txn-tokens.md](txn-tokens.md)).
+    txn_token_ttl_secs: i64 { default: "60", values: "1..=300", }
+    /// PEM file with an operator root CA; Mandate's SPIFFE CA becomes an intermediate it signs and
+    /// the bundle holds this root ([workload-identity.md](workload-identity.md#an-upstream-root));
+    /// CLI commands that issue SVIDs need the same setting.
+    spiffe_upstream_ca_cert: PathBuf { default: "unset (self-signed CA)", }
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1; EC or RSA) of `spiffe_upstream_ca_cert`; both or
+    /// neither.
+    spiffe_upstream_ca_key: PathBuf { default: "unset", }
+    /// A Cedar policy file (or directory of `*.cedar` files) activated when `mandate serve` starts;
+    /// the server refuses to start if it does not validate
+    /// ([policy.md](policy.md#managing-the-active-set)).
+    policy_file: PathBuf { default: "unset (the stored set, if any, stays active)", }
 }
 
 impl Settings {
@@ -114,62 +233,24 @@ impl Settings {
             let Some(key) = name.strip_prefix("MANDATE_") else {
                 continue;
             };
-            if OTHER_ENV.contains(&name.as_str()) {
+            if OTHER_ENV.iter().any(|other| other.name == name) {
                 continue;
             }
             let key = key.to_ascii_lowercase();
-            let typed = match key.as_str() {
-                "access_token_ttl_secs"
-                | "refresh_token_ttl_secs"
-                | "key_publish_lead_secs"
-                | "audit_checkpoint_events"
-                | "audit_checkpoint_ms"
-                | "x509_svid_ttl_secs"
-                | "jwt_svid_ttl_secs"
-                | "txn_token_ttl_secs" => {
+            let kind = REFERENCE.iter().find(|setting| setting.key == key).map(|setting| setting.kind);
+            let typed = match kind {
+                Some(ValueKind::Integer) => {
                     toml::Value::Integer(value.trim().parse().with_context(|| format!("{name} must be an integer"))?)
                 }
-                "allow_insecure_federation"
-                | "dynamic_registration"
-                | "client_id_metadata_documents"
-                | "dpop_nonce_required" => {
+                Some(ValueKind::Boolean) => {
                     toml::Value::Boolean(value.trim().parse().with_context(|| format!("{name} must be true or false"))?)
                 }
-                _ => toml::Value::String(value),
+                // Unknown keys go in as text so the struct's `deny_unknown_fields` names them.
+                Some(ValueKind::Text) | None => toml::Value::String(value),
             };
             table.insert(key, typed);
         }
         table.try_into().context("unknown or invalid MANDATE_* environment variable")
-    }
-
-    /// `other`'s values win where set.
-    pub fn overlay(self, other: Self) -> Self {
-        Self {
-            data_dir: other.data_dir.or(self.data_dir),
-            listen: other.listen.or(self.listen),
-            issuer: other.issuer.or(self.issuer),
-            database: other.database.or(self.database),
-            trust_domain: other.trust_domain.or(self.trust_domain),
-            access_token_ttl_secs: other.access_token_ttl_secs.or(self.access_token_ttl_secs),
-            refresh_token_ttl_secs: other.refresh_token_ttl_secs.or(self.refresh_token_ttl_secs),
-            access_token_alg: other.access_token_alg.or(self.access_token_alg),
-            key_publish_lead_secs: other.key_publish_lead_secs.or(self.key_publish_lead_secs),
-            audit_checkpoint_events: other.audit_checkpoint_events.or(self.audit_checkpoint_events),
-            audit_checkpoint_ms: other.audit_checkpoint_ms.or(self.audit_checkpoint_ms),
-            log: other.log.or(self.log),
-            log_format: other.log_format.or(self.log_format),
-            allow_insecure_federation: other.allow_insecure_federation.or(self.allow_insecure_federation),
-            dynamic_registration: other.dynamic_registration.or(self.dynamic_registration),
-            client_id_metadata_documents: other.client_id_metadata_documents.or(self.client_id_metadata_documents),
-            dpop_nonce_required: other.dpop_nonce_required.or(self.dpop_nonce_required),
-            workload_socket: other.workload_socket.or(self.workload_socket),
-            x509_svid_ttl_secs: other.x509_svid_ttl_secs.or(self.x509_svid_ttl_secs),
-            jwt_svid_ttl_secs: other.jwt_svid_ttl_secs.or(self.jwt_svid_ttl_secs),
-            txn_token_ttl_secs: other.txn_token_ttl_secs.or(self.txn_token_ttl_secs),
-            spiffe_upstream_ca_cert: other.spiffe_upstream_ca_cert.or(self.spiffe_upstream_ca_cert),
-            spiffe_upstream_ca_key: other.spiffe_upstream_ca_key.or(self.spiffe_upstream_ca_key),
-            policy_file: other.policy_file.or(self.policy_file),
-        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -227,6 +308,16 @@ impl Settings {
             bail!("jwt_svid_ttl_secs must be between {MIN_SVID_TTL_SECS} and {MAX_SVID_TTL_SECS}");
         }
         Ok(mandate_workload::ca::SpiffeConfig { x509_svid_ttl_secs: x509, jwt_svid_ttl_secs: jwt, ..defaults })
+    }
+
+    /// Sign a checkpoint after this many events (0 counts as 1).
+    pub fn audit_checkpoint_events(&self) -> u64 {
+        self.audit_checkpoint_events.unwrap_or(1000).max(1)
+    }
+
+    /// …or after this long with unsigned events (at least 100 ms).
+    pub fn audit_checkpoint_ms(&self) -> u64 {
+        self.audit_checkpoint_ms.unwrap_or(10_000).max(100)
     }
 
     pub fn key_publish_lead_secs(&self) -> anyhow::Result<i64> {
@@ -321,6 +412,87 @@ mod tests {
             assert!(Settings { x509_svid_ttl_secs: bad, ..Settings::default() }.spiffe_config().is_err());
             assert!(Settings { jwt_svid_ttl_secs: bad, ..Settings::default() }.spiffe_config().is_err());
         }
+    }
+
+    /// A numeric setting's effective value, through the accessor the server uses.
+    fn resolved(settings: &Settings, key: &str) -> anyhow::Result<i64> {
+        Ok(match key {
+            "access_token_ttl_secs" => settings.access_token_ttl_secs()?,
+            "refresh_token_ttl_secs" => settings.refresh_token_ttl_secs()?,
+            "txn_token_ttl_secs" => settings.txn_token_ttl_secs()?,
+            "key_publish_lead_secs" => settings.key_publish_lead_secs()?,
+            "x509_svid_ttl_secs" => settings.spiffe_config()?.x509_svid_ttl_secs,
+            "jwt_svid_ttl_secs" => settings.spiffe_config()?.jwt_svid_ttl_secs,
+            "audit_checkpoint_events" => i64::try_from(settings.audit_checkpoint_events())?,
+            "audit_checkpoint_ms" => i64::try_from(settings.audit_checkpoint_ms())?,
+            other => panic!("add {other} to this test's accessor list"),
+        })
+    }
+
+    fn with(key: &str, value: i64) -> anyhow::Result<i64> {
+        resolved(&Settings::from_toml(&format!("{key} = {value}"))?, key)
+    }
+
+    fn leading_integer(text: &str) -> i64 {
+        let digits: String =
+            text.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    }
+
+    /// The reference's defaults and ranges are text; this holds them to the code.
+    #[test]
+    fn documented_numeric_defaults_and_ranges_match_the_code() {
+        let numeric: Vec<_> = REFERENCE.iter().filter(|setting| setting.kind == ValueKind::Integer).collect();
+        assert_eq!(numeric.len(), 8);
+        for setting in numeric {
+            let key = setting.key;
+            assert_eq!(resolved(&Settings::default(), key).unwrap(), leading_integer(setting.default), "{key} default");
+            let values = setting.values.unwrap_or_else(|| panic!("{key} documents its values"));
+            if let Some((low, high)) = values.split_once("..=") {
+                let (low, high) = (low.parse::<i64>().unwrap(), high.parse::<i64>().unwrap());
+                assert_eq!(with(key, low).unwrap(), low, "{key} accepts {low}");
+                assert_eq!(with(key, high).unwrap(), high, "{key} accepts {high}");
+                assert!(with(key, low - 1).is_err(), "{key} refuses {}", low - 1);
+                assert!(with(key, high + 1).is_err(), "{key} refuses {}", high + 1);
+            } else {
+                let low = leading_integer(values);
+                assert!(values.starts_with('≥'), "{key}: {values}");
+                assert_eq!(with(key, low).unwrap(), low, "{key} accepts {low}");
+                if values.contains("counts as") {
+                    assert_eq!(with(key, low - 1).unwrap(), low, "{key} raises {} to {low}", low - 1);
+                } else {
+                    assert!(with(key, low - 1).is_err(), "{key} refuses {}", low - 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn documented_text_defaults_match_the_code() {
+        let default = |key: &str| REFERENCE.iter().find(|setting| setting.key == key).unwrap().default;
+        let settings = Settings::default();
+        assert_eq!(default("data_dir"), format!("`{}`", settings.data_dir().display()));
+        assert_eq!(default("listen"), format!("`{}`", settings.listen()));
+        assert_eq!(default("trust_domain"), format!("`{}`", settings.trust_domain()));
+    }
+
+    /// Every key of the reference is a key of the file and of the environment, and nothing else is.
+    #[test]
+    fn every_documented_key_parses_from_file_and_environment() {
+        for setting in REFERENCE {
+            let (toml_value, env_value) = match setting.kind {
+                ValueKind::Integer => ("60".to_owned(), "60"),
+                ValueKind::Boolean => ("true".to_owned(), "true"),
+                ValueKind::Text if setting.key == "listen" => ("\"127.0.0.1:1\"".to_owned(), "127.0.0.1:1"),
+                ValueKind::Text if setting.key == "log_format" => ("\"json\"".to_owned(), "json"),
+                ValueKind::Text => ("\"x\"".to_owned(), "x"),
+            };
+            let file = Settings::from_toml(&format!("{} = {toml_value}", setting.key)).unwrap();
+            let from_env = Settings::from_env(env(&[(&setting.env_var(), env_value)])).unwrap();
+            assert_ne!(file, Settings::default(), "{} sets a field", setting.key);
+            assert_eq!(file, from_env, "{} reads the same from the file and the environment", setting.key);
+        }
+        assert!(REFERENCE.iter().all(|setting| !OTHER_ENV.iter().any(|other| other.name == setting.env_var())));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod cmd_audit;
 mod cmd_broker;
 mod cmd_ciba;
+mod cmd_config;
 mod cmd_gateway;
 mod cmd_idp;
 mod cmd_policy;
@@ -12,6 +13,7 @@ mod cmd_vault;
 mod cmd_workload;
 mod commands;
 mod config;
+mod demo;
 mod serve;
 mod setup;
 
@@ -84,6 +86,12 @@ enum Command {
     /// The agent-side credential broker: vault, local CA and credential-injecting proxy.
     #[command(subcommand)]
     Broker(cmd_broker::BrokerCmd),
+    /// The configuration reference, generated from the settings the binary parses.
+    #[command(subcommand)]
+    Config(cmd_config::ConfigCmd),
+    /// Play the whole story on loopback: workload identity, delegation, policy, approval,
+    /// call chain, kill switch and the audit log, each step checked (a temporary data dir).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +126,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let settings = settings(&cli)?;
+    let mut settings = settings(&cli)?;
+    if matches!(cli.command, Command::Demo(_)) && settings.log.is_none() {
+        // The demo tells its own story on stdout; only warnings go to stderr unless asked.
+        settings.log = Some("warn".into());
+    }
     init_logging(&settings);
     match cli.command {
         Command::Serve(args) => {
@@ -140,6 +152,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cmd_broker::broker(&settings, c, &commands::Output { json: cli.json }).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Config(c) => {
+            cmd_config::config(c)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::demo(&settings, args).await,
         Command::Policy(c) if c.is_offline() => {
             cmd_policy::offline(&c, &commands::Output { json: cli.json })?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -160,7 +177,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Command::Idp(c) => cmd_idp::idp(&authz, c, &out).await,
                 Command::Ciba(c) => cmd_ciba::ciba(&authz, c, &out).await,
                 Command::Policy(c) => cmd_policy::policy(&authz, c, &out).await,
-                Command::Serve(_) | Command::Gateway(_) | Command::Broker(_) => unreachable!("handled above"),
+                Command::Serve(_)
+                | Command::Gateway(_)
+                | Command::Broker(_)
+                | Command::Config(_)
+                | Command::Demo(_) => {
+                    unreachable!("handled above")
+                }
             };
             result.map(|()| std::process::ExitCode::SUCCESS)
         }

@@ -22,9 +22,29 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let issuer = settings.issuer.clone().unwrap_or_else(|| format!("http://{bound}"));
     let authz = setup::open(&settings, issuer).await?;
+    serve_on(&settings, authz, listener, shutdown_signal(), Banner::Print).await
+}
+
+/// Whether [`serve_on`] prints the start banner (`mandate demo` tells its own story instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Banner {
+    Print,
+    Quiet,
+}
+
+/// Everything `serve` does once the listener is bound and `authz` is open, until `shutdown`
+/// resolves: also the embedded server of `mandate demo`.
+pub async fn serve_on(
+    settings: &Settings,
+    authz: Authz,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    banner: Banner,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
     let data_dir = settings.data_dir();
     let (admin_hash, created) = setup::ensure_admin_credential(&authz, &data_dir).await?;
-    let spiffe_ca = crate::cmd_workload::spiffe_ca(&settings, &authz)?;
+    let spiffe_ca = crate::cmd_workload::spiffe_ca(settings, &authz)?;
     spiffe_ca.announce_jwt_issuer().await.context("recording the JWT-SVID issuer")?;
     let workload = match &settings.workload_socket {
         Some(path) => Some(
@@ -35,21 +55,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
 
-    println!("Mandate {} listening on {bound}", env!("CARGO_PKG_VERSION"));
-    println!("  issuer:      {}", authz.config.issuer);
-    println!("  data dir:    {}", data_dir.display());
-    println!("  database:    {}", setup::redact_url(&settings.database_url()));
-    let credential_path = data_dir.join("admin-token");
-    match created {
-        Some(_) => println!("  admin token: created in {} (shown nowhere else)", credential_path.display()),
-        None => println!("  admin token: {}", credential_path.display()),
+    if banner == Banner::Print {
+        println!("Mandate {} listening on {bound}", env!("CARGO_PKG_VERSION"));
+        println!("  issuer:      {}", authz.config.issuer);
+        println!("  data dir:    {}", data_dir.display());
+        println!("  database:    {}", setup::redact_url(&settings.database_url()));
+        let credential_path = data_dir.join("admin-token");
+        match created {
+            Some(_) => println!("  admin token: created in {} (shown nowhere else)", credential_path.display()),
+            None => println!("  admin token: {}", credential_path.display()),
+        }
+        if let Some(workload) = &workload {
+            println!("  workload:    unix://{}", workload.socket_path().display());
+        }
+        println!("  audit key:   {}", authz.log.signer().verifier_key());
     }
-    if let Some(workload) = &workload {
-        println!("  workload:    unix://{}", workload.socket_path().display());
-    }
-    println!("  audit key:   {}", authz.log.signer().verifier_key());
 
-    let policies = setup::start_policies(&settings, &authz).await?;
+    let policies = setup::start_policies(settings, &authz).await?;
     let upkeep = tokio::spawn(upkeep(authz.clone()));
     // Shared Signals push delivery (RFC 8935); its outbox is in the store, so nothing is lost
     // across restarts.
@@ -62,8 +84,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: Arc::new(mandate_server::Metrics::new(
             authz.store.audit_len().await.context("reading the audit log length")?,
         )),
+        console: Default::default(),
     };
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     if let Some(workload) = workload {
         workload.shutdown().await.context("stopping the workload API")?;
     }

@@ -35,8 +35,8 @@ pub async fn open(settings: &Settings, issuer: String) -> anyhow::Result<Authz> 
     let stored_origin = store.setting(SETTING_AUDIT_ORIGIN).await?;
     let origin = stored_origin.clone().unwrap_or_else(|| format!("{trust_domain}/audit"));
     let policy = CheckpointPolicy {
-        every_events: settings.audit_checkpoint_events.unwrap_or(1000).max(1),
-        every: Duration::from_millis(settings.audit_checkpoint_ms.unwrap_or(10_000).max(100)),
+        every_events: settings.audit_checkpoint_events(),
+        every: Duration::from_millis(settings.audit_checkpoint_ms()),
     };
     let access_token_alg = match settings.access_token_alg.as_deref() {
         None => Alg::EdDSA,
