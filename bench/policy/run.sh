@@ -8,6 +8,7 @@
 # collected into bench/results/policy.json. Env knobs:
 #   BENCH_SKIP_BUILD=1   reuse target/release/bench-policy
 #   BENCH_OUT=...        JSON output (default bench/results/policy.json)
+#   BENCH_SLICED_ONLY=1, BENCH_REALISTIC_ONLY=1, BENCH_BREAKDOWN=1, BENCH_SLOWEST=n: see bench/README.md
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use cedar_policy::{Authorizer, PolicyId, Request, Response};
+use cedar_policy::{Authorizer, Context, PolicyId, PolicySet, Request, Response};
 use parking_lot::RwLock;
 
 use crate::PolicyError;
 use crate::load::{Compiled, MAX_SOURCE_BYTES, SourceText, compile};
 use crate::request::{PolicyRequest, Scope, context_for, scope_key, to_cedar};
-use crate::slice::{Slice, SliceCache, build_slice};
+use crate::slice::{ApprovalCheck, Slice, SliceCache, build_slice};
 
 /// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +91,16 @@ impl Active {
     }
 
     fn decision(&self, response: &Response) -> Decision {
-        let mut reasons: Vec<&PolicyId> = response.diagnostics().reason().collect();
-        reasons.sort_by_key(|id| self.order.get(*id).copied().unwrap_or(usize::MAX));
+        let mut reasons: Vec<(usize, &PolicyId)> =
+            response.diagnostics().reason().map(|id| (self.order.get(id).copied().unwrap_or(usize::MAX), id)).collect();
+        reasons.sort_by_key(|(position, _)| *position);
         Decision {
             allowed: response.decision() == cedar_policy::Decision::Allow,
-            policy_ids: reasons.iter().map(|id| id.to_string()).collect(),
+            // The id text kept at load (PolicyId's Display escapes it character by character).
+            policy_ids: reasons
+                .iter()
+                .map(|(position, id)| self.compiled.ids.get(*position).cloned().unwrap_or_else(|| id.to_string()))
+                .collect(),
             step_up: false,
             errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
         }
@@ -107,6 +112,17 @@ impl Active {
             && !request.approved
             && !decision.policy_ids.is_empty()
             && decision.policy_ids.iter().all(|id| self.compiled.step_up.contains(&PolicyId::new(id.as_str())))
+    }
+
+    /// Whether every deciding policy reads `context.approved`. One that does not would apply
+    /// again with an approval, so the deny would stand whatever the re-check found.
+    fn reasons_read_approved(&self, decision: &Decision) -> bool {
+        decision.policy_ids.iter().all(|id| {
+            self.order
+                .get(&PolicyId::new(id.as_str()))
+                .and_then(|index| self.compiled.context_uses.get(*index))
+                .is_some_and(|used| used.reads_approved())
+        })
     }
 }
 
@@ -181,26 +197,55 @@ impl PolicyEngine {
         let Some(active) = self.current() else {
             return Decision { allowed: false, policy_ids: Vec::new(), step_up: false, errors: Vec::new() };
         };
-        let slice = match active.slices.get_or_build(scope_key(request), || {
-            build_slice(
-                &active.compiled.policies,
-                &active.compiled.heads,
-                &active.compiled.context_uses,
-                Scope::of(request),
-            )
-        }) {
+        let slice = match active
+            .slices
+            .get_or_build(scope_key(request), || build_slice(&active.compiled, Scope::of(request)))
+        {
             Ok(slice) => slice,
             Err(error) => return Decision::refused_with_error(error.to_string()),
         };
-        let mut decision = match self.evaluate(&active, &slice, request, request.approved) {
+        let context = match context_for(request, request.approved, slice.context_use) {
+            Ok(context) => context,
+            Err(error) => return Decision::refused_with_error(error.to_string()),
+        };
+        // The context is kept (a shared, reference-counted record) only when an approval
+        // re-check is possible at all.
+        let approval = slice.approval.as_ref().filter(|_| !request.approved).map(|check| (check, context.clone()));
+        let mut decision = match self.evaluate(&active, &slice, &slice.policies, context) {
             Ok(decision) => decision,
             Err(error) => return Decision::refused_with_error(error.to_string()),
         };
-        if active.step_up_candidate(&decision, request) {
+        if active.step_up_candidate(&decision, request)
+            && active.reasons_read_approved(&decision)
+            && let Some((check, context)) = approval
+        {
             // Only an approval that would turn this deny into an allow is worth asking for.
-            decision.step_up = self.evaluate(&active, &slice, request, true).is_ok_and(|approved| approved.allowed);
+            decision.step_up = self.approval_would_allow(&active, &slice, check, request, context).unwrap_or(false);
         }
         decision
+    }
+
+    /// Whether the slice allows `request` with `approved = true`, given that without approval it
+    /// was denied by forbids that all read `approved`. Policies that do not read `approved`
+    /// decide as they did: the forbids among them did not apply (none is a reason), so what
+    /// remains is whether, with an approval, no forbid reading `approved` applies and some
+    /// permit does — one reading `approved`, or else any other (`unapproved` is the context the
+    /// request was decided with).
+    fn approval_would_allow(
+        &self,
+        active: &Active,
+        slice: &Slice,
+        check: &ApprovalCheck,
+        request: &PolicyRequest<'_>,
+        unapproved: Context,
+    ) -> Result<bool, PolicyError> {
+        let approved = context_for(request, true, check.context_use)?;
+        let with_approval = self.evaluate(active, slice, &check.reading_approved, approved)?;
+        if with_approval.allowed || !with_approval.policy_ids.is_empty() {
+            // A permit reading `approved` applies and no forbid does, or a forbid still applies.
+            return Ok(with_approval.allowed);
+        }
+        Ok(self.evaluate(active, slice, &check.other_permits, unapproved)?.allowed)
     }
 
     /// Reference evaluation over the whole active set, without slicing or caching; the result
@@ -229,18 +274,12 @@ impl PolicyEngine {
         &self,
         active: &Active,
         slice: &Slice,
-        request: &PolicyRequest<'_>,
-        approved: bool,
+        policies: &PolicySet,
+        context: Context,
     ) -> Result<Decision, PolicyError> {
-        let cedar = Request::new(
-            slice.principal.clone(),
-            slice.action.clone(),
-            slice.resource.clone(),
-            context_for(request, approved, slice.context_use)?,
-            None,
-        )
-        .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let response = self.authorizer.is_authorized(&cedar, &slice.policies, &slice.entities);
+        let cedar = Request::new(slice.principal.clone(), slice.action.clone(), slice.resource.clone(), context, None)
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let response = self.authorizer.is_authorized(&cedar, policies, &slice.entities);
         Ok(active.decision(&response))
     }
 
@@ -309,14 +348,9 @@ fn read_source(path: &Path) -> Result<SourceText, PolicyError> {
 
 #[cfg(test)]
 impl PolicyEngine {
-    /// The active policies and heads, for slicing tests.
-    pub(crate) fn current_for_tests(
-        &self,
-    ) -> (Vec<cedar_policy::Policy>, Vec<crate::load::Head>, Vec<crate::request::ContextUse>) {
-        self.current()
-            .map(|active| {
-                (active.compiled.policies.clone(), active.compiled.heads.clone(), active.compiled.context_uses.clone())
-            })
-            .unwrap_or_default()
+    /// The slice of the active set for `scope`, built afresh (not cached), for slicing tests.
+    pub(crate) fn slice_for_tests(&self, scope: Scope) -> Result<Slice, PolicyError> {
+        let active = self.current().ok_or_else(|| PolicyError::Invalid("no active policy set".to_owned()))?;
+        build_slice(&active.compiled, scope)
     }
 }

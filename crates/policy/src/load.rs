@@ -15,6 +15,7 @@ use miette::Diagnostic;
 use crate::PolicyError;
 use crate::request::ContextUse;
 use crate::schema::validator;
+use crate::slice::without_head;
 
 /// Largest policy text accepted (all files of a directory together).
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
@@ -116,6 +117,8 @@ pub(crate) struct Compiled {
     pub(crate) heads: Vec<Head>,
     /// Context attributes each policy reads (index-aligned with `policies`).
     pub(crate) context_uses: Vec<ContextUse>,
+    /// Each policy without its head, what slices evaluate (index-aligned with `policies`).
+    pub(crate) headless: Vec<Policy>,
     pub(crate) ids: Vec<String>,
     /// Ids of the forbids annotated `@step_up("approval")`.
     pub(crate) step_up: HashSet<PolicyId>,
@@ -231,6 +234,21 @@ pub(crate) fn compile(source: &SourceText) -> Result<Compiled, PolicyError> {
             resource: p.resource_constraint(),
         })
         .collect();
-    let context_uses = policies.iter().map(ContextUse::of_policy).collect();
-    Ok(Compiled { set, policies, heads, context_uses, ids, step_up, warnings })
+    let mut context_uses = Vec::with_capacity(policies.len());
+    let mut headless = Vec::with_capacity(policies.len());
+    for policy in &policies {
+        // Both derived from the policy's JSON form; a policy Cedar cannot render reads the whole
+        // context and keeps its head (evaluating a true head costs time, not correctness).
+        match policy.to_json() {
+            Ok(json) => {
+                context_uses.push(ContextUse::of_json(&json));
+                headless.push(without_head(policy, json).unwrap_or_else(|| policy.clone()));
+            }
+            Err(_) => {
+                context_uses.push(ContextUse::ALL);
+                headless.push(policy.clone());
+            }
+        }
+    }
+    Ok(Compiled { set, policies, heads, context_uses, headless, ids, step_up, warnings })
 }

@@ -254,6 +254,12 @@ fn string_set<'s>(items: impl IntoIterator<Item = &'s str>) -> RestrictedExpress
     RestrictedExpression::new_set(items.into_iter().map(|s| RestrictedExpression::new_string(s.to_owned())))
 }
 
+/// Positions in [`CONTEXT_ATTRIBUTES`] the code refers to by name.
+const ARGUMENTS: usize = 8;
+const ARGUMENTS_LOWER: usize = 9;
+const ARGUMENT_VALUES: usize = 10;
+const APPROVED: usize = 16;
+
 /// The context attributes of the schema, in the order of [`ContextUse`] bits.
 pub(crate) const CONTEXT_ATTRIBUTES: [&str; 17] = [
     "scopes",
@@ -293,15 +299,22 @@ impl ContextUse {
         self.0 & (1 << index) != 0
     }
 
+    /// Whether `context.approved` is read (the one attribute the approval re-check changes).
+    pub(crate) fn reads_approved(self) -> bool {
+        self.has(APPROVED)
+    }
+
     /// The attributes `policy` reads, from its JSON form (names there are unescaped).
+    #[cfg(test)]
     pub(crate) fn of_policy(policy: &cedar_policy::Policy) -> ContextUse {
-        match policy.to_json() {
-            Ok(json) => {
-                let mut used = ContextUse::NONE;
-                if scan_context_use(&json, &mut used) { used } else { ContextUse::ALL }
-            }
-            Err(_) => ContextUse::ALL,
-        }
+        policy.to_json().map_or(ContextUse::ALL, |json| ContextUse::of_json(&json))
+    }
+
+    /// The attributes read by the policy whose JSON form ([`cedar_policy::Policy::to_json`]) is
+    /// `policy`.
+    pub(crate) fn of_json(policy: &Value) -> ContextUse {
+        let mut used = ContextUse::NONE;
+        if scan_context_use(policy, &mut used) { used } else { ContextUse::ALL }
     }
 }
 
@@ -353,18 +366,16 @@ pub(crate) fn context_for(
     approved: bool,
     used: ContextUse,
 ) -> Result<Context, PolicyError> {
-    let needs_arguments = used.has(8) || used.has(9) || used.has(10);
+    let needs_arguments = used.has(ARGUMENTS) || used.has(ARGUMENTS_LOWER) || used.has(ARGUMENT_VALUES);
     let flat = match request.arguments.filter(|_| needs_arguments) {
         Some(arguments) => flatten_arguments(arguments).map_err(PolicyError::Request)?,
         None => FlatArguments::default(),
     };
     let text = |s: &str| RestrictedExpression::new_string(s.to_owned());
     let mut flat = Some(flat);
-    let mut pairs = Vec::with_capacity(CONTEXT_ATTRIBUTES.len());
-    for (index, name) in CONTEXT_ATTRIBUTES.iter().enumerate() {
-        if !used.has(index) {
-            continue;
-        }
+    // Handed to Cedar as an iterator, not collected first: a vector of 17 pairs is too large
+    // for the allocator's per-thread cache, and taking it from the shared heap showed in the tail.
+    let pairs = CONTEXT_ATTRIBUTES.iter().enumerate().filter(|(index, _)| used.has(*index)).map(|(index, name)| {
         let value = match index {
             0 => string_set(request.scopes.iter().map(String::as_str)),
             1 => text(request.grant_type),
@@ -374,9 +385,11 @@ pub(crate) fn context_for(
             5 => text(request.http_method),
             6 => text(request.path),
             7 => text(request.tool.unwrap_or_default()),
-            8 => text(flat.as_ref().map_or("", |f| f.canonical.as_str())),
-            9 => RestrictedExpression::new_string(flat.as_ref().map_or(String::new(), |f| f.canonical.to_lowercase())),
-            10 => RestrictedExpression::new_set(
+            ARGUMENTS => text(flat.as_ref().map_or("", |f| f.canonical.as_str())),
+            ARGUMENTS_LOWER => {
+                RestrictedExpression::new_string(flat.as_ref().map_or(String::new(), |f| f.canonical.to_lowercase()))
+            }
+            ARGUMENT_VALUES => RestrictedExpression::new_set(
                 flat.take().map(|f| f.values).unwrap_or_default().into_iter().map(RestrictedExpression::new_string),
             ),
             11 => RestrictedExpression::new_long(request.counters.calls),
@@ -386,8 +399,8 @@ pub(crate) fn context_for(
             15 => string_set(request.findings.iter().map(String::as_str)),
             _ => RestrictedExpression::new_bool(approved),
         };
-        pairs.push(((*name).to_owned(), value));
-    }
+        ((*name).to_owned(), value)
+    });
     Context::from_pairs(pairs).map_err(|e| PolicyError::Request(format!("context: {e}")))
 }
 

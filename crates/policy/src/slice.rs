@@ -6,18 +6,20 @@
 //! the conditions with `&&` short-circuiting. A policy left out here has a head that is false for
 //! the request (against the same entity hierarchy the evaluation sees), so it could neither be
 //! satisfied nor raise an error: the sliced set gives the same decision, reasons and errors as the
-//! full set.
+//! full set. A policy kept has a head that is true for the request, so the slice holds it without
+//! its head ([`without_head`]): `true && conditions` and `conditions` evaluate alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, PolicySet, PrincipalConstraint, ResourceConstraint,
+    ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
 };
 use parking_lot::RwLock;
 
 use crate::PolicyError;
-use crate::load::Head;
+use crate::load::{Compiled, Head};
 use crate::request::{ContextUse, Scope};
 
 /// Scopes kept per cache generation; when the current generation is full it becomes the
@@ -26,13 +28,27 @@ pub const SLICE_CACHE_GENERATION: usize = 4096;
 
 /// The part of the active set that can apply to one request scope, with the scope's entities.
 pub(crate) struct Slice {
+    /// The policies whose heads match the scope, with their heads removed (see [`without_head`]).
     pub(crate) policies: PolicySet,
+    /// The approval re-check of a step-up deny; None when the slice has no step-up forbid.
+    pub(crate) approval: Option<ApprovalCheck>,
     pub(crate) entities: Entities,
     pub(crate) principal: EntityUid,
     pub(crate) action: EntityUid,
     pub(crate) resource: EntityUid,
     /// Context attributes the sliced policies read; only those are built per request.
     pub(crate) context_use: ContextUse,
+}
+
+/// The slice's policies split for the approval re-check (see `PolicyEngine::decide`): only
+/// the ones that read `context.approved` can decide differently with an approval.
+pub(crate) struct ApprovalCheck {
+    /// The permits and forbids that read `approved`, evaluated again with `approved = true`.
+    pub(crate) reading_approved: PolicySet,
+    /// Context attributes `reading_approved` reads (including `approved`).
+    pub(crate) context_use: ContextUse,
+    /// The other permits: their outcome with an approval is their outcome without one.
+    pub(crate) other_permits: PolicySet,
 }
 
 /// `uid` is `target` or has it as its (only possible) parent: Cedar's `in` over our two-level
@@ -82,23 +98,65 @@ pub(crate) fn head_matches(head: &Head, scope: &Scope) -> bool {
     }
 }
 
+/// `policy` with an unconstrained head (`principal, action, resource`), the same id, effect and
+/// conditions and no annotations, or None if Cedar cannot rebuild it (the caller then keeps the
+/// original).
+///
+/// Cedar evaluates a policy as `principal && action && resource && conditions`; in a slice every
+/// head is true for the request, so its evaluation is pure cost (entity lookups and hierarchy
+/// walks for `in`). Without it the policy has the same outcome and errors for that request.
+/// Annotations do not take part in evaluation (Cedar only copies them into its response), and
+/// the engine knows the `@step_up` forbids by id.
+pub(crate) fn without_head(policy: &Policy, mut json: serde_json::Value) -> Option<Policy> {
+    let fields = json.as_object_mut()?;
+    for part in ["principal", "action", "resource"] {
+        fields.insert(part.to_owned(), serde_json::json!({ "op": "All" }));
+    }
+    fields.remove("annotations");
+    Policy::from_json(Some(policy.id().clone()), json).ok()
+}
+
 /// Builds the slice for `scope` from the active policies and their heads.
-pub(crate) fn build_slice(
-    policies: &[cedar_policy::Policy],
-    heads: &[Head],
-    context_uses: &[ContextUse],
-    scope: Scope,
-) -> Result<Slice, PolicyError> {
+pub(crate) fn build_slice(compiled: &Compiled, scope: Scope) -> Result<Slice, PolicyError> {
+    let added = |set: &mut PolicySet, policy: &Policy| {
+        set.add(policy.clone()).map_err(|e| PolicyError::Request(format!("slice: {e}")))
+    };
+    let candidates = compiled.policies.iter().zip(&compiled.heads).zip(&compiled.headless).zip(&compiled.context_uses);
     let mut set = PolicySet::new();
+    let mut matching = Vec::new();
     let mut context_use = ContextUse::NONE;
-    for ((policy, head), used) in policies.iter().zip(heads).zip(context_uses) {
+    let mut has_step_up = false;
+    for (((policy, head), headless), used) in candidates {
         if head_matches(head, &scope) {
             context_use = context_use.union(*used);
-            set.add(policy.clone()).map_err(|e| PolicyError::Request(format!("slice: {e}")))?;
+            has_step_up |= compiled.step_up.contains(policy.id());
+            added(&mut set, headless)?;
+            matching.push((headless, *used));
         }
     }
+    let approval = if has_step_up {
+        let mut check = ApprovalCheck {
+            reading_approved: PolicySet::new(),
+            context_use: ContextUse::NONE,
+            other_permits: PolicySet::new(),
+        };
+        for (policy, used) in matching {
+            if used.reads_approved() {
+                check.context_use = check.context_use.union(used);
+                added(&mut check.reading_approved, policy)?;
+            } else if policy.effect() == Effect::Permit {
+                added(&mut check.other_permits, policy)?;
+            }
+            // A forbid that does not read `approved` is left out: it decides the same with an
+            // approval, and the re-check runs only when none of them applied.
+        }
+        Some(check)
+    } else {
+        None
+    };
     Ok(Slice {
         policies: set,
+        approval,
         entities: scope.entities()?,
         principal: scope.principal,
         action: scope.action,

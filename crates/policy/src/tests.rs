@@ -410,6 +410,103 @@ fn step_up_only_when_approval_would_allow() {
     assert!(!decision.step_up);
 }
 
+/// Step-up forbids that do or do not read `approved`, and permits that do: the approval re-check
+/// only re-evaluates policies reading `approved`, so each of its paths is compared with the
+/// reference evaluation over the whole set.
+const STEP_UP_VARIANTS: &str = r#"
+@id("pay-needs-approval") @step_up("approval")
+forbid (principal, action == Mandate::Action::"call", resource == Mandate::Tool::"pay")
+unless { context.approved };
+
+@id("pay-cap-even-approved") @step_up("approval")
+forbid (principal, action == Mandate::Action::"call", resource == Mandate::Tool::"pay")
+unless { context.approved && context.spend < 500 };
+
+@id("wire-step-up-without-approved") @step_up("approval")
+forbid (principal, action == Mandate::Action::"call", resource == Mandate::Tool::"wire")
+when { context.spend > 100 };
+
+@id("wire-needs-approval") @step_up("approval")
+forbid (principal, action == Mandate::Action::"call", resource == Mandate::Tool::"wire")
+unless { context.approved };
+
+@id("bot-pays-and-wires")
+permit (principal == Mandate::Agent::"spiffe://example.org/agent/bot", action, resource);
+
+@id("helper-only-when-approved")
+permit (principal == Mandate::Agent::"spiffe://example.org/agent/helper", action, resource)
+when { context.approved && context.tool == "pay" };
+"#;
+
+#[test]
+fn approval_recheck_follows_the_policies_reading_approved() {
+    let engine = PolicyEngine::empty();
+    engine.replace(STEP_UP_VARIANTS).expect("valid");
+    let decide = |agent: &'static str, tool: &'static str, spend: i64| {
+        let mut request = call(agent, tool, None);
+        request.counters.spend = spend;
+        let decision = engine.decide(&request);
+        assert_eq!(decision, engine.decide_unsliced(&request), "{agent} {tool} {spend}");
+        decision
+    };
+    // A permit that does not read `approved` (bot) is what an approval would leave applying.
+    let small = decide(BOT, "pay", 10);
+    assert_eq!(small.policy_ids, vec!["pay-needs-approval", "pay-cap-even-approved"]);
+    assert!(small.step_up);
+    // A forbid reading `approved` that still applies with an approval: no point asking.
+    let big = decide(BOT, "pay", 900);
+    assert_eq!(big.policy_ids, vec!["pay-needs-approval", "pay-cap-even-approved"]);
+    assert!(!big.step_up);
+    // The only permit for helper reads `approved`: the approval itself makes it apply.
+    let helper = decide(HELPER, "pay", 10);
+    assert!(!helper.allowed);
+    assert!(helper.step_up);
+    // ... but not for another tool, where no permit would apply (default deny with approval).
+    let helper_wire = decide(HELPER, "wire", 10);
+    assert_eq!(helper_wire.policy_ids, vec!["wire-needs-approval"]);
+    assert!(!helper_wire.step_up);
+    // A step-up forbid that does not read `approved` applies whatever the approval.
+    let wire = decide(BOT, "wire", 200);
+    assert_eq!(wire.policy_ids, vec!["wire-step-up-without-approved", "wire-needs-approval"]);
+    assert!(!wire.step_up);
+    let small_wire = decide(BOT, "wire", 10);
+    assert_eq!(small_wire.policy_ids, vec!["wire-needs-approval"]);
+    assert!(small_wire.step_up);
+}
+
+#[test]
+fn sliced_policies_are_evaluated_without_their_heads() {
+    // Every kept policy's head is true for its scope, so the slice holds it with an
+    // unconstrained head, the same id, effect and conditions, and no annotations.
+    let engine = engine();
+    let slice = engine.slice_for_tests(Scope::of(&call(BOT, "pay", None))).expect("slice");
+    let mut ids = Vec::new();
+    for policy in slice.policies.policies() {
+        ids.push(policy.id().to_string());
+        assert_eq!(policy.principal_constraint(), cedar_policy::PrincipalConstraint::Any);
+        assert_eq!(policy.action_constraint(), cedar_policy::ActionConstraint::Any);
+        assert_eq!(policy.resource_constraint(), cedar_policy::ResourceConstraint::Any);
+    }
+    assert!(ids.contains(&"approve-payments".to_owned()), "{ids:?}");
+    let approve = slice.policies.policy(&cedar_policy::PolicyId::new("approve-payments")).expect("kept");
+    assert_eq!(approve.annotation("step_up"), None);
+    assert_eq!(approve.effect(), cedar_policy::Effect::Forbid);
+    assert!(approve.to_string().contains("unless"), "{approve}");
+    // Policies for other principals, actions or tools are not in the slice.
+    assert!(!ids.contains(&"issue-read-write".to_owned()));
+    assert!(!ids.contains(&"no-delete".to_owned()));
+    // The slice has a step-up forbid, so it carries the approval re-check: the forbids reading
+    // `approved` and, apart, the permits that do not.
+    let check = slice.approval.as_ref().expect("approval check");
+    let reading: Vec<String> = check.reading_approved.policies().map(|p| p.id().to_string()).collect();
+    assert_eq!(reading, vec!["approve-payments", "approve-big-spend"]);
+    let permits: Vec<String> = check.other_permits.policies().map(|p| p.id().to_string()).collect();
+    assert_eq!(permits, vec!["read-tools", "bot-tools"]);
+    // A scope without step-up forbids has no re-check.
+    let issue_slice = engine.slice_for_tests(Scope::of(&issue(BOT, "alice", &[]))).expect("slice");
+    assert!(issue_slice.approval.is_none());
+}
+
 #[test]
 fn issuance_is_limited_by_scopes_and_grant_type() {
     let engine = engine();
@@ -576,9 +673,7 @@ fn slices_are_cached_per_scope_and_cleared_on_replace() {
 fn slice_keeps_only_matching_heads() {
     let engine = engine();
     let compiled_ids = engine.policy_ids();
-    let active = engine.current_for_tests();
-    let slice =
-        slice::build_slice(&active.0, &active.1, &active.2, Scope::of(&issue(BOT, "alice", &[]))).expect("slice");
+    let slice = engine.slice_for_tests(Scope::of(&issue(BOT, "alice", &[]))).expect("slice");
     let ids: Vec<String> = slice.policies.policies().map(|p| p.id().to_string()).collect();
     assert_eq!(ids, vec!["issue-read-write".to_owned()]);
     assert_eq!(compiled_ids.len(), 12);
@@ -701,7 +796,15 @@ fn generated_policies(seed: u64) -> String {
             6 => String::new(),
             _ => format!(" when {{ context.subject == \"{}\" }}", rng.pick(&OWNERS)),
         };
-        let step_up = forbid && condition.contains("approved");
+        // Every tenth policy reads `approved` in another way: a forbid that still applies with
+        // an approval (spend 2), a permit that needs one.
+        let condition = match (i % 10, forbid) {
+            (9, true) => " unless { context.approved && context.spend < 2 }".to_owned(),
+            (9, false) => " when { context.approved }".to_owned(),
+            _ => condition,
+        };
+        // Step-up forbids: those reading `approved`, and half the budget forbids, which do not.
+        let step_up = forbid && (condition.contains("approved") || (condition.contains("tool_calls") && i % 2 == 0));
         out.push_str(&format!(
             "@id(\"p{i}\"){}\n{} ({principal}, {action}, {resource}){condition};\n",
             if step_up { " @step_up(\"approval\")" } else { "" },
