@@ -155,12 +155,25 @@ struct Run {
     latencies_us: Vec<u64>,
     elapsed: Duration,
     errors: u64,
+    /// CPU time the whole process (load client, upstream and broker) used during the run.
+    cpu: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far (Linux `/proc/self/stat`, in USER_HZ = 100
+/// ticks), including threads that have exited; `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is parenthesised and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// `concurrency` loops, each with its own client (its own keep-alive connection).
 async fn load(clients: Vec<reqwest::Client>, url: &str, token: &'static str, seconds: u64) -> Run {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let mut tasks = Vec::new();
     for client in clients {
         let url = url.to_owned();
@@ -182,13 +195,14 @@ async fn load(clients: Vec<reqwest::Client>, url: &str, token: &'static str, sec
             (latencies, errors)
         }));
     }
-    let mut run = Run { latencies_us: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
+    let mut run = Run { latencies_us: Vec::new(), elapsed: Duration::ZERO, errors: 0, cpu: None };
     for task in tasks {
         let (latencies, errors) = task.await.unwrap();
         run.latencies_us.extend(latencies);
         run.errors += errors;
     }
     run.elapsed = started.elapsed();
+    run.cpu = process_cpu().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     run.latencies_us.sort_unstable();
     run
 }
@@ -205,6 +219,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[allow(clippy::cast_precision_loss)]
 fn rps(run: &Run) -> f64 {
     run.latencies_us.len() as f64 / run.elapsed.as_secs_f64()
+}
+
+/// Process CPU per completed request (load client + upstream, and the broker in the proxied run):
+/// the cost of a request independently of how much CPU other processes left this one.
+#[allow(clippy::cast_precision_loss)]
+fn cpu_us_per_request(run: &Run) -> Option<f64> {
+    let requests = run.latencies_us.len();
+    run.cpu.filter(|_| requests > 0).map(|cpu| cpu.as_secs_f64() * 1e6 / requests as f64)
 }
 
 async fn warm(clients: &[reqwest::Client], url: &str, token: &str) {
@@ -246,7 +268,7 @@ async fn main() {
         "broker bench: {} loops x {} s, keep-alive HTTPS (agent HTTP/1.1), upstream ALPN {}, audit={}",
         opts.concurrency, opts.seconds, opts.upstream_alpn, opts.audit
     );
-    println!("{:<16} {:>10} {:>9} {:>9} {:>8}", "run", "req/s", "p50 us", "p99 us", "errors");
+    println!("{:<16} {:>10} {:>9} {:>9} {:>8} {:>12}", "run", "req/s", "p50 us", "p99 us", "errors", "cpu us/req");
     for (label, concurrency) in [("c1", 1), ("cN", opts.concurrency)] {
         let direct_clients: Vec<_> = (0..concurrency).map(|_| client(&upstream_ca_pem, None)).collect();
         let proxy_clients: Vec<_> = (0..concurrency).map(|_| client(&broker_ca, Some(&proxy))).collect();
@@ -257,27 +279,33 @@ async fn main() {
         let proxied = load(proxy_clients, &url, PLACEHOLDER, opts.seconds).await;
         for (name, run) in [("direct", &direct), ("broker", &proxied)] {
             println!(
-                "{:<16} {:>10.0} {:>9} {:>9} {:>8}",
+                "{:<16} {:>10.0} {:>9} {:>9} {:>8} {:>12}",
                 format!("{label}-{name}"),
                 rps(run),
                 percentile(&run.latencies_us, 0.5),
                 percentile(&run.latencies_us, 0.99),
-                run.errors
+                run.errors,
+                cpu_us_per_request(run).map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"))
             );
         }
         let added_p50 = percentile(&proxied.latencies_us, 0.5).saturating_sub(percentile(&direct.latencies_us, 0.5));
         let added_p99 = percentile(&proxied.latencies_us, 0.99).saturating_sub(percentile(&direct.latencies_us, 0.99));
         let ratio = rps(&proxied) / rps(&direct);
-        println!("{label}: added p50 {added_p50} us, added p99 {added_p99} us, throughput ratio {ratio:.2}");
+        // What the throughput ratio would be if CPU were the only limit: direct CPU per request
+        // over proxied CPU per request.
+        let cpu_ratio = cpu_us_per_request(&direct).zip(cpu_us_per_request(&proxied)).map(|(d, p)| d / p);
+        let cpu_text = cpu_ratio.map_or_else(String::new, |r| format!(", CPU-per-request ratio {r:.2}"));
+        println!("{label}: added p50 {added_p50} us, added p99 {added_p99} us, throughput ratio {ratio:.2}{cpu_text}");
         report.insert(
             label.to_owned(),
             serde_json::json!({
                 "concurrency": concurrency,
-                "direct": {"rps": rps(&direct), "p50_us": percentile(&direct.latencies_us, 0.5), "p99_us": percentile(&direct.latencies_us, 0.99), "errors": direct.errors},
-                "broker": {"rps": rps(&proxied), "p50_us": percentile(&proxied.latencies_us, 0.5), "p99_us": percentile(&proxied.latencies_us, 0.99), "errors": proxied.errors},
+                "direct": {"rps": rps(&direct), "p50_us": percentile(&direct.latencies_us, 0.5), "p99_us": percentile(&direct.latencies_us, 0.99), "errors": direct.errors, "cpu_us_per_request": cpu_us_per_request(&direct)},
+                "broker": {"rps": rps(&proxied), "p50_us": percentile(&proxied.latencies_us, 0.5), "p99_us": percentile(&proxied.latencies_us, 0.99), "errors": proxied.errors, "cpu_us_per_request": cpu_us_per_request(&proxied)},
                 "added_p50_us": added_p50,
                 "added_p99_us": added_p99,
                 "throughput_ratio": ratio,
+                "cpu_per_request_ratio": cpu_ratio,
             }),
         );
     }

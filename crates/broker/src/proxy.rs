@@ -6,6 +6,7 @@
 pub mod ca;
 pub mod inject;
 pub mod rules;
+pub mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -23,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mandate_core::{AuditEvent, Clock};
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -32,6 +33,7 @@ use crate::credentials::CredentialProvider;
 use ca::LocalCa;
 use inject::{CONNECTION_HEADER, has_unknown_placeholder, needs_credential, strip_hop_by_hop, substitute};
 use rules::{RateLimiter, Rule, Rules, Unmatched, is_ambiguous_path};
+use tunnel::{IdlePool, TunnelUpstream};
 use upstream::{UpstreamClient, UpstreamError, UpstreamTrust};
 
 /// Response bodies: the upstream's, streamed, or the broker's own small JSON answers.
@@ -123,13 +125,20 @@ struct Inner {
     agent: Option<String>,
     owner: Option<String>,
     limits: BrokerLimits,
+    /// Plain-HTTP requests and HTTP/2 agents: pooled, h2 or http/1.1 by the host's ALPN.
     client: UpstreamClient,
+    /// HTTP/1.1 tunnels' own upstream connections: http/1.1 only.
+    tunnel_tls: Arc<ClientConfig>,
+    tunnel_pool: Arc<IdlePool>,
     limiter: RateLimiter,
 }
 
 impl Broker {
     pub fn new(parts: BrokerParts) -> Result<Self, BrokerError> {
-        let client = upstream::client(parts.upstream, parts.limits.connect_timeout)?;
+        let tls = upstream::tls_config(parts.upstream)?;
+        let mut tunnel_tls = tls.clone();
+        tunnel_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = upstream::client(tls, parts.limits.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 rules: parts.rules,
@@ -141,6 +150,8 @@ impl Broker {
                 owner: parts.owner,
                 limits: parts.limits,
                 client,
+                tunnel_tls: Arc::new(tunnel_tls),
+                tunnel_pool: Arc::default(),
                 limiter: RateLimiter::new(),
             }),
         })
@@ -273,7 +284,7 @@ impl Inner {
         match (uri.scheme_str(), uri.host()) {
             (Some("http"), Some(host)) => {
                 let target = Target::new(Scheme::Http, host, uri.port_u16().unwrap_or(80));
-                self.forward(req, target).await
+                self.forward(req, target, Route::Pooled).await
             }
             _ => json_error(&refusal(
                 StatusCode::BAD_REQUEST,
@@ -348,7 +359,8 @@ impl Inner {
     }
 
     /// Terminates the agent's TLS with a leaf for the CONNECT host and serves the requests
-    /// inside (HTTP/1.1 or HTTP/2, by ALPN), each forwarded to that host.
+    /// inside, each forwarded to that host: HTTP/2 (by ALPN) through the pooled client,
+    /// HTTP/1.1 over the tunnel's own upstream connection.
     async fn intercept(self: Arc<Self>, req: Request<Incoming>, target: Target, tls: Arc<ServerConfig>) {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(upgraded) => upgraded,
@@ -360,11 +372,14 @@ impl Inner {
             Ok(Err(error)) => return tracing::debug!(%error, host = %target.host, "agent TLS handshake failed"),
             Err(_) => return tracing::debug!(host = %target.host, "agent TLS handshake timed out"),
         };
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return self.serve_http1_tunnel(stream, target).await;
+        }
         let inner = Arc::clone(&self);
         let service = service_fn(move |req| {
             let inner = Arc::clone(&inner);
             let target = target.clone();
-            async move { Ok::<_, Infallible>(inner.forward(req, target).await) }
+            async move { Ok::<_, Infallible>(inner.forward(req, target, Route::Pooled).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -382,9 +397,45 @@ impl Inner {
         }
     }
 
+    /// An HTTP/1.1 agent inside a tunnel: its requests come one at a time, so one keep-alive
+    /// upstream connection, driven on this task, carries them all.
+    async fn serve_http1_tunnel(
+        self: Arc<Self>,
+        stream: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
+        target: Target,
+    ) {
+        let tls = Arc::clone(&self.tunnel_tls);
+        let pool = Arc::clone(&self.tunnel_pool);
+        let Some((upstream, drivers)) =
+            TunnelUpstream::new(&target.host, target.port, tls, self.limits.connect_timeout, pool)
+        else {
+            return tracing::debug!(host = %target.host, "the CONNECT target is not a valid Host header");
+        };
+        let upstream = Arc::new(upstream);
+        let inner = Arc::clone(&self);
+        let shared = Arc::clone(&upstream);
+        let service = service_fn(move |req| {
+            let inner = Arc::clone(&inner);
+            let target = target.clone();
+            let upstream = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(inner.forward(req, target, Route::Tunnel(&upstream)).await) }
+        });
+        let agent = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_header_size(self.limits.max_header_bytes)
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .serve_connection(TokioIo::new(stream), service);
+        let (served, open) = tunnel::drive(agent, drivers).await;
+        if let Err(error) = served {
+            tracing::debug!(%error, "intercepted connection ended");
+        }
+        upstream.release(open);
+    }
+
     /// Applies the rules to one request and forwards it, with the credential in place of the
     /// placeholder when a rule calls for it.
-    async fn forward(&self, req: Request<Incoming>, target: Target) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<Incoming>, target: Target, route: Route<'_>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let mut attempt = Attempt {
@@ -406,7 +457,7 @@ impl Inner {
             attempt.connection = requested;
             return match self.check_unmatched(&parts.headers, attempt.connection.as_deref()) {
                 Err(refused) => self.refuse(&attempt, refused).await,
-                Ok(()) => self.audited_send(parts, body, &attempt, "broker.forward").await,
+                Ok(()) => self.audited_send(parts, body, &attempt, "broker.forward", route).await,
             };
         };
         let connection = requested.unwrap_or_else(|| rule.connection.clone());
@@ -415,7 +466,7 @@ impl Inner {
             return self.refuse(&attempt, refused).await;
         }
         if !needs_credential(&parts.headers, rule) {
-            return self.audited_send(parts, body, &attempt, "broker.forward").await;
+            return self.audited_send(parts, body, &attempt, "broker.forward", route).await;
         }
         let credential = match self.credentials.credential(&connection).await {
             Ok(credential) => credential,
@@ -430,7 +481,7 @@ impl Inner {
         if let Err(e) = substituted {
             return self.refuse(&attempt, refusal(StatusCode::BAD_GATEWAY, "credential_unusable", e.to_string())).await;
         }
-        self.audited_send(parts, body, &attempt, "broker.inject").await
+        self.audited_send(parts, body, &attempt, "broker.inject", route).await
     }
 
     /// A request no rule covers: refused, or forwarded untouched if it carries no placeholder
@@ -484,16 +535,31 @@ impl Inner {
     /// not forwarded.
     async fn audited_send(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         attempt: &Attempt,
         action: &str,
+        route: Route<'_>,
     ) -> Response<ProxyBody> {
         if let Err(e) = self.audit.record(self.event(action, attempt)).await {
             tracing::error!(error = %e, "audit failure");
             return json_error(&audit_unavailable());
         }
-        self.send(parts, body, &attempt.target).await
+        match route {
+            Route::Pooled => self.send(parts, body, &attempt.target).await,
+            Route::Tunnel(upstream) => {
+                // Origin-form, as the agent sent it; the tunnel sets Host to the CONNECT target.
+                parts.version = Version::HTTP_11;
+                parts.headers.remove(HOST);
+                match upstream.send(Request::from_parts(parts, body)).await {
+                    Ok(response) => agent_response(response),
+                    Err(error) => {
+                        tracing::warn!(%error, upstream = %attempt.target.origin(), "upstream request failed");
+                        json_error(&upstream_failed())
+                    }
+                }
+            }
+        }
     }
 
     async fn send(&self, mut parts: http::request::Parts, body: Incoming, target: &Target) -> Response<ProxyBody> {
@@ -507,26 +573,31 @@ impl Inner {
         parts.version = Version::HTTP_11;
         parts.headers.remove(HOST);
         match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.version = Version::HTTP_11;
-                Response::from_parts(parts, body.boxed())
-            }
+            Ok(response) => agent_response(response),
             Err(error) => {
                 tracing::warn!(%error, upstream = %target.origin(), "upstream request failed");
-                json_error(&refusal(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the upstream request failed"))
+                json_error(&upstream_failed())
             }
         }
     }
 
     fn event(&self, action: &str, attempt: &Attempt) -> AuditEvent {
-        let mut event = AuditEvent::allow(action, uuid::Uuid::now_v7().to_string());
+        let mut event = AuditEvent::allow(action, self.event_id());
         event.agent.clone_from(&self.agent);
         event.owner.clone_from(&self.owner);
         event.resource = Some(attempt.target.origin());
         event.detail = Some(attempt.detail());
         event
+    }
+
+    /// A UUIDv7 at the injected clock's time, its random bits from aws-lc's user-space DRBG
+    /// rather than a `getrandom` system call per request.
+    fn event_id(&self) -> String {
+        let mut random = [0u8; 10];
+        match (u64::try_from(self.clock.now_ms()), aws_lc_rs::rand::fill(&mut random)) {
+            (Ok(ms), Ok(())) => uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid().to_string(),
+            _ => uuid::Uuid::now_v7().to_string(),
+        }
     }
 
     /// Records the refusal as `broker.deny`, then answers it (an unrecordable refusal is still
@@ -538,6 +609,27 @@ impl Inner {
         }
         json_error(&refused)
     }
+}
+
+/// Which upstream connection a request takes.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// The shared pool (plain HTTP, HTTP/2 agents).
+    Pooled,
+    /// The HTTP/1.1 tunnel's own connection.
+    Tunnel(&'a TunnelUpstream),
+}
+
+/// The upstream's response as the agent gets it: hop-by-hop headers dropped, body streamed.
+fn agent_response(response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body.boxed())
+}
+
+fn upstream_failed() -> Refusal {
+    refusal(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the upstream request failed")
 }
 
 /// The `Mandate-Connection` header, if any: one short visible-ASCII value.

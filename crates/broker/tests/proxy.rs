@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -82,10 +83,16 @@ impl MemoryAudit {
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// The broker's end of the upstream connection the request came on.
+    connection: SocketAddr,
     version: Version,
     path: String,
     headers: HeaderMap,
+    body_len: usize,
 }
+
+/// The upstream's answer on `/large`: more than any single buffer on the way.
+const LARGE_BODY_BYTES: usize = 1 << 20;
 
 struct Upstream {
     addr: SocketAddr,
@@ -100,33 +107,40 @@ impl Upstream {
 
 async fn record_request(
     seen: Arc<Mutex<Vec<Seen>>>,
+    connection: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    seen.lock().push(Seen {
-        version: req.version(),
-        path: req.uri().path().to_owned(),
-        headers: req.headers().clone(),
-    });
-    Ok(Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
+    let (parts, body) = req.into_parts();
+    let body_len = body.collect().await.map_or(0, |body| body.to_bytes().len());
+    let path = parts.uri.path().to_owned();
+    let large = path == "/large";
+    seen.lock().push(Seen { connection, version: parts.version, path, headers: parts.headers, body_len });
+    let body = if large { Bytes::from(vec![b'x'; LARGE_BODY_BYTES]) } else { Bytes::from_static(b"{\"ok\":true}") };
+    Ok(Response::new(Full::new(body)))
 }
 
 /// A TLS upstream (certificate for localhost and 127.0.0.1 from `ca`) offering `alpn`.
 async fn tls_upstream(ca: &TestCa, alpn: &[&[u8]]) -> Upstream {
+    tls_upstream_with(ca, alpn, true).await
+}
+
+/// [`tls_upstream`]; without `keep_alive` it closes each HTTP/1.1 connection after one response.
+async fn tls_upstream_with(ca: &TestCa, alpn: &[&[u8]], keep_alive: bool) -> Upstream {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(alpn)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::clone(&seen);
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, peer)) = listener.accept().await {
             let acceptor = acceptor.clone();
             let seen = Arc::clone(&shared);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = service_fn(move |req| record_request(Arc::clone(&seen), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let service = service_fn(move |req| record_request(Arc::clone(&seen), peer, req));
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(keep_alive);
+                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
             });
         }
     });
@@ -140,10 +154,10 @@ async fn plain_upstream() -> Upstream {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::clone(&seen);
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, peer)) = listener.accept().await {
             let seen = Arc::clone(&shared);
             tokio::spawn(async move {
-                let service = service_fn(move |req| record_request(Arc::clone(&seen), req));
+                let service = service_fn(move |req| record_request(Arc::clone(&seen), peer, req));
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
             });
         }
@@ -269,6 +283,114 @@ async fn http1_agents_and_http1_upstreams_work_too() {
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|s| s.version == Version::HTTP_11));
     assert!(seen.iter().all(|s| s.headers["authorization"] == format!("Bearer {WORK_SECRET}").as_str()));
+}
+
+#[tokio::test]
+async fn an_http1_tunnel_keeps_one_upstream_connection_and_a_later_tunnel_takes_it_over() {
+    let upstream_ca = TestCa::new();
+    // The host offers h2 as well: an HTTP/1.1 agent's requests still go upstream as HTTP/1.1.
+    let upstream = tls_upstream(&upstream_ca, H2_AND_H1).await;
+    let broker = broker(&github_rules("tunnel connection"), &upstream_ca).await;
+    let port = upstream.addr.port();
+    let url = format!("https://localhost:{port}/user");
+    let first = agent(&broker.url, &broker.ca_pem, true);
+    for _ in 0..3 {
+        let response = first.get(&url).bearer_auth(WORK_PLACEHOLDER).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 3);
+    for request in &seen {
+        assert_eq!(request.version, Version::HTTP_11);
+        assert_eq!(request.headers["host"], format!("localhost:{port}").as_str());
+        assert_eq!(request.headers["authorization"], format!("Bearer {WORK_SECRET}").as_str());
+        assert_eq!(request.connection, seen[0].connection, "one upstream connection per tunnel");
+    }
+
+    // Closing the agent's connection ends the tunnel, whose upstream connection then waits in
+    // the pool: a later tunnel to the same host sends on it instead of opening another. When
+    // the broker has not yet seen the close, the new tunnel opens its own connection, so ask
+    // again (each time on a new tunnel) until one lands on a connection used before.
+    drop(first);
+    let mut reused = false;
+    for _ in 0..200 {
+        let next = agent(&broker.url, &broker.ca_pem, true);
+        let response = next.get(&url).bearer_auth(WORK_PLACEHOLDER).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(next);
+        let seen = upstream.seen();
+        let (last, earlier) = seen.split_last().unwrap();
+        if earlier.iter().any(|request| request.connection == last.connection) {
+            reused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reused, "no tunnel ever reused a pooled upstream connection");
+    broker.audit.assert_no_secret();
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_through_an_http1_tunnel() {
+    let upstream_ca = TestCa::new();
+    let upstream = tls_upstream(&upstream_ca, H1_ONLY).await;
+    let broker = broker(&github_rules("bodies"), &upstream_ca).await;
+    let client = agent(&broker.url, &broker.ca_pem, true);
+    let port = upstream.addr.port();
+    let upload = vec![b'u'; 3 * LARGE_BODY_BYTES / 2];
+    for round in 0..2 {
+        let posted = client
+            .post(format!("https://localhost:{port}/upload"))
+            .bearer_auth(WORK_PLACEHOLDER)
+            .body(upload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), StatusCode::OK, "round {round}");
+        let large = client.get(format!("https://localhost:{port}/large")).bearer_auth(WORK_PLACEHOLDER).send().await;
+        let body = large.unwrap().bytes().await.unwrap();
+        assert_eq!(body.len(), LARGE_BODY_BYTES, "round {round}");
+    }
+    let seen = upstream.seen();
+    let uploads: Vec<usize> = seen.iter().filter(|s| s.path == "/upload").map(|s| s.body_len).collect();
+    assert_eq!(uploads, [upload.len(), upload.len()]);
+    assert!(seen.iter().all(|s| s.connection == seen[0].connection), "bodies left the connection reusable");
+}
+
+#[tokio::test]
+async fn a_tunnel_opens_a_new_upstream_connection_when_the_host_closes_its_own() {
+    let upstream_ca = TestCa::new();
+    let upstream = tls_upstream_with(&upstream_ca, H1_ONLY, false).await;
+    let broker = broker(&github_rules("host closes"), &upstream_ca).await;
+    let client = agent(&broker.url, &broker.ca_pem, true);
+    let url = format!("https://localhost:{}/user", upstream.addr.port());
+    for _ in 0..3 {
+        let response = client.get(&url).bearer_auth(WORK_PLACEHOLDER).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // The host's `Connection: close` is about its hop, not the agent's.
+        assert!(response.headers().get("connection").is_none());
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[0].connection != seen[1].connection && seen[1].connection != seen[2].connection);
+    let allowed = broker.audit.actions().iter().filter(|(action, _, _)| action == "broker.inject").count();
+    assert_eq!(allowed, 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_host_answers_502_on_an_http1_tunnel() {
+    let upstream_ca = TestCa::new();
+    // A port nothing listens on any more.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let broker = broker(&github_rules("unreachable"), &upstream_ca).await;
+    let client = agent(&broker.url, &broker.ca_pem, true);
+    let response =
+        client.get(format!("https://localhost:{port}/user")).bearer_auth(WORK_PLACEHOLDER).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! The broker's client towards real upstreams: pooled keep-alive connections, TLS verified
-//! against the system's roots plus an optional extra CA bundle, ALPN h2 and http/1.1.
+//! The broker's client towards real upstreams: TLS verified against the system's roots plus an
+//! optional extra CA bundle; pooled keep-alive connections with ALPN h2 and http/1.1 for HTTP/2
+//! agents and plain-HTTP requests (HTTP/1.1 tunnels have their own, see `tunnel`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +34,8 @@ pub struct UpstreamTrust {
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
-/// Builds the pooled client. `http://` targets are allowed (rules decide whether a credential
-/// may go there); `https://` ones are verified.
-pub fn client(trust: UpstreamTrust, connect_timeout: Duration) -> Result<UpstreamClient, UpstreamError> {
+/// The TLS client configuration for upstreams (no ALPN: each client sets its own).
+pub fn tls_config(trust: UpstreamTrust) -> Result<rustls::ClientConfig, UpstreamError> {
     let mut roots = RootCertStore::empty();
     if trust.system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -51,11 +51,16 @@ pub fn client(trust: UpstreamTrust, connect_timeout: Duration) -> Result<Upstrea
     if roots.is_empty() {
         return Err(UpstreamError::NoRoots);
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| UpstreamError::Tls(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// Builds the pooled client over `tls`. `http://` targets are allowed (rules decide whether a
+/// credential may go there); `https://` ones are verified.
+pub fn client(tls: rustls::ClientConfig, connect_timeout: Duration) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -66,9 +71,9 @@ pub fn client(trust: UpstreamTrust, connect_timeout: Duration) -> Result<Upstrea
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .build(https))
+        .build(https)
 }
