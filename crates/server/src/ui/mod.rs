@@ -90,7 +90,8 @@ impl FromRequestParts<AppState> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let now_ms = state.authz.clock.now_ms();
-        let session = cookie(&parts.headers).and_then(|value| state.console.sessions.get(&value, now_ms));
+        let session = crate::authorize::cookie_value(&parts.headers, COOKIE)
+            .and_then(|value| state.console.sessions.get(&value, now_ms));
         match session {
             Some(session) => {
                 Ok(Viewer { who: session.who.clone(), session, correlation: correlation_id(&parts.headers) })
@@ -142,17 +143,6 @@ pub(crate) fn not_found(viewer: &Viewer, what: &str) -> Response {
 pub(crate) fn unavailable(viewer: &Viewer, error: &OAuthError) -> Response {
     let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     message(Some(viewer), status, "Something went wrong", &error.description)
-}
-
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
 }
 
 fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age_secs: i64) {
@@ -324,7 +314,7 @@ async fn logout(State(state): State<AppState>, viewer: Viewer, headers: HeaderMa
     if let Err(refused) = read_post(&state, &viewer, &headers, body, "ui.logout").await {
         return refused;
     }
-    if let Some(value) = cookie(&headers) {
+    if let Some(value) = crate::authorize::cookie_value(&headers, COOKIE) {
         state.console.sessions.remove(&value);
     }
     let mut event = AuditEvent::allow("ui.logout", &viewer.correlation);
