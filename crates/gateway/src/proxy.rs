@@ -193,7 +193,7 @@ impl Gateway {
             Ok(found) => found,
             Err(rejection) => {
                 let event = self
-                    .event(correlation, None, &parts)
+                    .event(correlation, rejection.holder.as_deref(), &parts)
                     .refused(rejection.error_code().unwrap_or("invalid_token"), &rejection.description);
                 return self.refuse(event, rejection.into_response()).await;
             }

@@ -21,7 +21,7 @@ pub enum RejectionKind {
 }
 
 /// Why a request was refused, ready to become a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{description}")]
 pub struct Rejection {
     pub kind: RejectionKind,
@@ -30,6 +30,9 @@ pub struct Rejection {
     pub scope: Option<String>,
     /// URL of this resource's Protected Resource Metadata.
     pub resource_metadata: String,
+    /// Whose authentic token was refused (revoked, unbound proof, missing scope), so an audit
+    /// record can name them; `None` when no token, or no authentic one, was presented.
+    pub holder: Option<Box<crate::Principal>>,
 }
 
 impl Rejection {
@@ -111,6 +114,7 @@ mod tests {
             description: "token \"expired\"".into(),
             scope: scope.map(str::to_owned),
             resource_metadata: "https://api.example/.well-known/oauth-protected-resource".into(),
+            holder: None,
         }
     }
 

@@ -290,10 +290,15 @@ impl Guard {
     pub async fn check(&self, request: &Presented<'_>, needed: &ScopeSet) -> Result<Principal, Rejection> {
         let (scheme, token) = credentials(request.authorization)
             .ok_or_else(|| self.rejection(RejectionKind::MissingToken, "an access token is required", needed))?;
-        let principal =
-            self.verify(token).await.map_err(|why| self.rejection(RejectionKind::InvalidToken, &why, needed))?;
-        self.check_binding(scheme, token, &principal, request, needed).await?;
-        self.authorize(&principal, needed)?;
+        let invalid = |why: String| self.rejection(RejectionKind::InvalidToken, &why, needed);
+        let principal = self.verified_principal(token).await.map_err(invalid)?;
+        let refused_holder =
+            |rejection: Rejection| Rejection { holder: Some(Box::new(principal.clone())), ..rejection };
+        if let Some(reason) = self.revocation_of(&principal).await.map_err(invalid)? {
+            return Err(refused_holder(invalid(reason.to_owned())));
+        }
+        self.check_binding(scheme, token, &principal, request, needed).await.map_err(refused_holder)?;
+        self.authorize(&principal, needed).map_err(refused_holder)?;
         Ok(principal)
     }
 
@@ -316,17 +321,16 @@ impl Guard {
             description: description.to_owned(),
             scope: (!needed.is_empty()).then(|| needed.to_string()),
             resource_metadata: self.config.resource_metadata_url.clone(),
+            holder: None,
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<Principal, String> {
-        let principal = self.verified_principal(token).await?;
-        if let Some(check) = &self.revocation
-            && let Some(reason) = check.revoked(&principal).await?
-        {
-            return Err(reason.to_owned());
+    /// Why an authentic token is no longer good, if it is revoked.
+    async fn revocation_of(&self, principal: &Principal) -> Result<Option<&'static str>, String> {
+        match &self.revocation {
+            Some(check) => check.revoked(principal).await,
+            None => Ok(None),
         }
-        Ok(principal)
     }
 
     /// The token's signature and claims checked, or remembered as checked.

@@ -38,6 +38,10 @@ pub const OTHER_ENV: &[EnvDoc] = &[
     EnvDoc { name: "MANDATE_VAULT_NEW_PASSPHRASE", meaning: "the new passphrase for `mandate broker vault rekey`." },
     EnvDoc { name: "MANDATE_TEST_POSTGRES", meaning: "used by the test scripts; ignored by Mandate." },
     EnvDoc { name: "MANDATE_BIN", meaning: "used by the test and bench scripts; ignored by Mandate." },
+    EnvDoc {
+        name: "MANDATE_ARTIFACTS",
+        meaning: "where the browser tests save their screenshots; ignored by Mandate.",
+    },
 ];
 
 /// One environment variable outside the settings.

@@ -280,6 +280,17 @@ async fn the_gateway_refuses_what_the_guard_refuses() {
     let (status, body) = s.call_gateway(Some(&format!("Bearer {own}"))).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")), "{body}");
     assert_eq!(s.seen.lock().unwrap().len(), 1, "only the call before the revocation reached the upstream");
+    // The refusal names whose authentic token it was; a token that is not authentic names nobody.
+    let (status, _) = s.call_gateway(Some("Bearer not.a.token")).await;
+    assert_eq!(status, 401);
+    let events = s.server.audit_events();
+    let denied: Vec<&Value> =
+        events.iter().filter(|e| e["action"] == "gateway.forward" && e["decision"] == "deny").collect();
+    let revoked = denied.iter().find(|e| e["reason"] == "invalid_token" && e["jti"] == claims(&own)["jti"]);
+    let revoked = revoked.unwrap_or_else(|| panic!("no refusal names the revoked token: {denied:?}"));
+    assert_eq!(revoked["agent"], json!(AGENT), "{revoked}");
+    let anonymous = denied.last().unwrap();
+    assert!(anonymous["jti"].is_null() && anonymous["agent"].is_null(), "{anonymous}");
 }
 
 #[tokio::test]
