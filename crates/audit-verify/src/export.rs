@@ -2,10 +2,11 @@
 
 use std::io::{BufRead, Read};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::canonical::{CanonicalError, canonical_json};
-use crate::merkle::{Frontier, Hash, consistency_proof, leaf_hash, merkle_root, verify_consistency};
+use crate::canonical::CanonicalError;
+use crate::chain::{Chain, ChainError};
+use crate::merkle::{Hash, consistency_proof, merkle_root, verify_consistency};
 use crate::note::{Checkpoint, NoteError, VerifierKey, verify_note};
 use crate::strict_json;
 
@@ -15,9 +16,6 @@ pub const EXPORT_FORMAT: &str = "mandate-audit/v1";
 /// Longest line accepted, so a corrupt file cannot make the verifier buffer it whole. Real
 /// lines are a few hundred bytes; the margin is deliberately huge.
 const MAX_LINE_BYTES: u64 = 16 << 20;
-
-/// `prev` of event 0: the all-zero hash.
-const GENESIS_PREV: Hash = [0u8; 32];
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,8 +262,9 @@ struct ExportVerifier<'k> {
     /// Line number of the line being processed (0 before the first).
     line: u64,
     leaves: Vec<Hash>,
-    /// Incremental root of all `leaves`, so a checkpoint covering everything costs O(log n).
-    frontier: Frontier,
+    /// Checks 1 and 2, and the incremental root of all `leaves`, so a checkpoint covering
+    /// everything costs O(log n).
+    chain: Chain,
     last_entry_line: Option<u64>,
     checkpoints: u64,
     last_checkpoint: Option<SeenCheckpoint>,
@@ -279,7 +278,7 @@ impl<'k> ExportVerifier<'k> {
             key,
             line: 0,
             leaves: Vec::new(),
-            frontier: Frontier::default(),
+            chain: Chain::default(),
             last_entry_line: None,
             checkpoints: 0,
             last_checkpoint: None,
@@ -292,7 +291,7 @@ impl<'k> ExportVerifier<'k> {
     }
 
     fn entry_count(&self) -> u64 {
-        self.frontier.size()
+        self.chain.size()
     }
 
     fn process_line(&mut self, content: &[u8]) -> Result<(), VerifyError> {
@@ -335,44 +334,27 @@ impl<'k> ExportVerifier<'k> {
 
     /// Checks 1 and 2 for one event, then records its leaf hash.
     fn entry(&mut self, event: &Value) -> Result<(), VerifyError> {
-        let Value::Object(members) = event else {
-            return Err(self.fail(None, Reason::EntryNotObject));
-        };
-        let seq = self.check_seq(members)?;
-        self.check_prev(members, seq)?;
-        let canonical = canonical_json(event).map_err(|err| self.fail(Some(seq), Reason::Canonical(err)))?;
-        let leaf = leaf_hash(&canonical);
+        let leaf = self.chain.append(event).map_err(|error| self.chain_failure(error))?;
         self.leaves.push(leaf);
-        self.frontier.push(leaf);
-        self.last_entry_line = Some(self.line);
         if self.first_entry_after_checkpoint.is_none() {
-            self.first_entry_after_checkpoint = Some((self.line, seq));
+            self.first_entry_after_checkpoint = Some((self.line, self.chain.size() - 1));
         }
+        self.last_entry_line = Some(self.line);
         Ok(())
     }
 
-    fn check_seq(&self, members: &Map<String, Value>) -> Result<u64, VerifyError> {
-        let seq = members.get("seq").and_then(Value::as_u64).ok_or_else(|| self.fail(None, Reason::MissingSeq))?;
-        let expected = self.entry_count();
-        if seq != expected {
-            return Err(self.fail(Some(seq), Reason::SeqMismatch { expected }));
+    /// A broken chain, reported with the lines this verifier knows about.
+    fn chain_failure(&self, error: ChainError) -> VerifyError {
+        match error {
+            ChainError::NotObject => self.fail(None, Reason::EntryNotObject),
+            ChainError::MissingSeq => self.fail(None, Reason::MissingSeq),
+            ChainError::SeqMismatch { found, expected } => self.fail(Some(found), Reason::SeqMismatch { expected }),
+            ChainError::MissingPrev { seq } => self.fail(Some(seq), Reason::MissingPrev),
+            ChainError::PrevMismatch { seq } => {
+                self.fail(Some(seq), Reason::PrevMismatch { previous_line: self.last_entry_line })
+            }
+            ChainError::Canonical { seq, error } => self.fail(Some(seq), Reason::Canonical(error)),
         }
-        Ok(seq)
-    }
-
-    fn check_prev(&self, members: &Map<String, Value>, seq: u64) -> Result<(), VerifyError> {
-        let prev =
-            members.get("prev").and_then(Value::as_str).ok_or_else(|| self.fail(Some(seq), Reason::MissingPrev))?;
-        let expected = self.leaves.last().unwrap_or(&GENESIS_PREV);
-        let mut expected_hex = [0u8; 64];
-        // Encoding into a 64-byte buffer cannot fail for a 32-byte input.
-        let encoded = hex::encode_to_slice(expected, &mut expected_hex).is_ok();
-        // Compare the text, not decoded bytes: the format fixes lowercase hex, so anything else
-        // is an altered entry.
-        if encoded && prev.as_bytes() == expected_hex.as_slice() {
-            return Ok(());
-        }
-        Err(self.fail(Some(seq), Reason::PrevMismatch { previous_line: self.last_entry_line }))
     }
 
     /// Checks 3 and 4 for one checkpoint.
@@ -399,7 +381,7 @@ impl<'k> ExportVerifier<'k> {
     /// Merkle root of the first `size` entries (`size` ≤ entries read so far).
     fn root_of_first(&self, size: u64) -> Hash {
         if size == self.entry_count() {
-            return self.frontier.root();
+            return self.chain.root();
         }
         // Older tree sizes are rare in an export (checkpoints follow what they cover), so a
         // full recomputation over the prefix is acceptable here.
@@ -424,7 +406,7 @@ impl<'k> ExportVerifier<'k> {
             let reason = Reason::TailNotCovered { checkpoint_line: last.line, covered: last.size, entries };
             return Err(VerifyError { line, seq, reason });
         }
-        Ok(Report { entries, checkpoints: self.checkpoints, root: self.frontier.root() })
+        Ok(Report { entries, checkpoints: self.checkpoints, root: self.chain.root() })
     }
 }
 

@@ -25,6 +25,7 @@
 //! ```
 
 mod canonical;
+mod chain;
 mod export;
 mod merkle;
 mod note;
@@ -32,10 +33,10 @@ mod receipt;
 mod strict_json;
 
 pub use canonical::{CanonicalError, canonical_json};
+pub use chain::{Chain, ChainError};
 pub use export::{EXPORT_FORMAT, Reason, Report, VerifyError, verify_export, verify_export_extending};
 pub use merkle::{
-    Frontier, Hash, consistency_proof, inclusion_proof, leaf_hash, merkle_root, node_hash, verify_consistency,
-    verify_inclusion,
+    Hash, consistency_proof, inclusion_proof, leaf_hash, merkle_root, node_hash, verify_consistency, verify_inclusion,
 };
 pub use note::{Checkpoint, KeyParseError, NoteError, VerifierKey, parse_checkpoint, verify_note, verify_signed_note};
 pub use receipt::{RECEIPT_FORMAT, ReceiptError, ReceiptReport, verify_receipt};

@@ -46,19 +46,19 @@ pub fn merkle_root(leaves: &[Hash]) -> Hash {
 /// first: one per set bit of the size. Appending a leaf merges equal-sized subtrees like a
 /// binary counter carry, so the root of the whole tree is always O(log n) hashes away.
 #[derive(Debug, Default, Clone)]
-pub struct Frontier {
+pub(crate) struct Frontier {
     subtrees: Vec<Hash>,
     size: u64,
 }
 
 impl Frontier {
     /// Number of leaves appended so far.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
     /// Appends one leaf hash.
-    pub fn push(&mut self, leaf: Hash) {
+    pub(crate) fn push(&mut self, leaf: Hash) {
         let mut merged = leaf;
         // Each trailing one bit of the old size is a subtree the same size as `merged`.
         let mut carries = self.size;
@@ -75,7 +75,7 @@ impl Frontier {
 
     /// The RFC 9162 root: the perfect subtrees folded right to left, since the tree splits at the
     /// largest power of two and recurses into the right-hand remainder.
-    pub fn root(&self) -> Hash {
+    pub(crate) fn root(&self) -> Hash {
         let mut subtrees = self.subtrees.iter().rev();
         let Some(smallest) = subtrees.next() else {
             return empty_root();

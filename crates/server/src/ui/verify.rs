@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use mandate_audit_verify::{Frontier, Hash, VerifierKey, canonical_json, leaf_hash, verify_note};
+use mandate_audit_verify::{Chain, VerifierKey, verify_note};
 use mandate_store::Store;
 use serde_json::Value;
 
@@ -22,17 +22,10 @@ pub(crate) enum LogStatus {
     Failed(String),
 }
 
-/// The verified prefix: its Merkle frontier and last leaf (the next entry's `prev`).
-#[derive(Default)]
-struct Prefix {
-    frontier: Frontier,
-    last_leaf: Option<Hash>,
-}
-
 /// The log's verified prefix, shared by every page view of this process.
 #[derive(Default)]
 pub(crate) struct VerifiedLog {
-    prefix: tokio::sync::Mutex<Prefix>,
+    prefix: tokio::sync::Mutex<Chain>,
 }
 
 impl VerifiedLog {
@@ -59,14 +52,14 @@ impl VerifiedLog {
             return Err(format!("the latest checkpoint names origin {:?}, not this log", checkpoint.origin));
         }
         let mut verified = self.prefix.lock().await;
-        let done = verified.frontier.size();
+        let done = verified.size();
         if checkpoint.size < done {
             return Err(format!(
                 "the latest checkpoint covers {} entries, fewer than the {done} already verified: entries were removed",
                 checkpoint.size
             ));
         }
-        let mut next = Prefix { frontier: verified.frontier.clone(), last_leaf: verified.last_leaf };
+        let mut next = verified.clone();
         let mut seq = done;
         while seq < checkpoint.size {
             let to = checkpoint.size.min(seq.saturating_add(PAGE));
@@ -75,11 +68,13 @@ impl VerifiedLog {
                 return Err(format!("entry {seq} is missing"));
             }
             for entry in entries {
-                next.append(seq, &entry.canonical)?;
+                let event: Value = serde_json::from_str(&entry.canonical)
+                    .map_err(|_| format!("entry {seq} is not valid JSON: the log was altered"))?;
+                next.append(&event).map_err(|e| format!("{e}: the log was altered"))?;
                 seq += 1;
             }
         }
-        if next.frontier.root() != checkpoint.root {
+        if next.root() != checkpoint.root {
             return Err(format!(
                 "the Merkle root of the first {} entries does not match the signed checkpoint: the log was altered",
                 checkpoint.size
@@ -87,26 +82,5 @@ impl VerifiedLog {
         }
         *verified = next;
         Ok(Some(checkpoint.size))
-    }
-}
-
-impl Prefix {
-    /// Checks one stored entry (its `seq` and `prev`) and adds its leaf, hashed over the
-    /// verifier's own canonical form of the event.
-    fn append(&mut self, expected_seq: u64, stored: &str) -> Result<(), String> {
-        let altered = |what: &str| format!("entry {expected_seq}: {what}: the log was altered");
-        let event: Value = serde_json::from_str(stored).map_err(|_| altered("not valid JSON"))?;
-        if event.get("seq").and_then(Value::as_u64) != Some(expected_seq) {
-            return Err(altered("its seq is not its position"));
-        }
-        let prev = hex::encode(self.last_leaf.unwrap_or([0u8; 32]));
-        if event.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err(altered("prev is not the previous entry's leaf hash"));
-        }
-        let canonical = canonical_json(&event).map_err(|e| altered(&e.to_string()))?;
-        let leaf = leaf_hash(&canonical);
-        self.frontier.push(leaf);
-        self.last_leaf = Some(leaf);
-        Ok(())
     }
 }
