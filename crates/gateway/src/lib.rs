@@ -18,5 +18,5 @@ pub use governance::{CallFacts, Governance, GovernanceConfig, GovernanceError, V
 pub use keys::KeyringKeys;
 pub use mcp::McpCall;
 pub use mint::{InProcessMinter, MintInput, MintOutcome, Minted, TxnMinter};
-pub use proxy::{CoLocated, Gateway, GatewayConfig, GatewayError, MAX_JSON_BODY};
+pub use proxy::{CoLocated, Gateway, GatewayConfig, GatewayError, MAX_JSON_BODY, listener};
 pub use remote::{HttpMinter, Remote, TTS_TIMEOUT, TtsClient};

@@ -77,7 +77,9 @@ impl Fixture {
             .with_governance(governance);
         let app = Arc::new(gateway).router();
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+            axum::serve(mandate_gateway::listener(listener), app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .unwrap();
         });
         Self { authz, seen, url, http: reqwest::Client::new(), _dir: dir }
     }

@@ -138,7 +138,9 @@ async fn serve(build: impl FnOnce(String) -> Gateway) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = Arc::new(build(format!("{url}/mcp"))).router();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        axum::serve(mandate_gateway::listener(listener), app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
     });
     url
 }

@@ -109,7 +109,9 @@ pub async fn gateway(settings: &Settings, args: GatewayArgs) -> anyhow::Result<(
 
 async fn serve(listener: TcpListener, gateway: Gateway) -> anyhow::Result<()> {
     let app = Arc::new(gateway).router().into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(crate::serve::shutdown_signal()).await;
+    let served = axum::serve(mandate_gateway::listener(listener), app)
+        .with_graceful_shutdown(crate::serve::shutdown_signal())
+        .await;
     served.context("serving HTTP")
 }
 

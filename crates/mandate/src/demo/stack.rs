@@ -80,7 +80,10 @@ pub async fn start(dir: &Path, user: &Settings, tasks: &Tasks) -> anyhow::Result
         Arc::new(gateway.with_governance(governance)).router().into_make_service_with_connect_info::<SocketAddr>();
     let stop = tasks.shutdown();
     tasks.spawn("gateway", async move {
-        axum::serve(gateway_listener, app).with_graceful_shutdown(stop).await.context("the gateway")
+        axum::serve(mandate_gateway::listener(gateway_listener), app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("the gateway")
     });
     Ok(Stack { idp, idp_base, mandate, base, socket, resource })
 }
