@@ -9,9 +9,11 @@ pub mod rules;
 pub mod tunnel;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::credentials::CredentialProvider;
 use ca::LocalCa;
 use inject::{CONNECTION_HEADER, has_unknown_placeholder, needs_credential, strip_hop_by_hop, substitute};
-use rules::{RateLimiter, Rule, Rules, Unmatched, is_ambiguous_path};
+use rules::{HostRules, RateLimiter, Rule, Rules, Unmatched, is_ambiguous_path};
 use tunnel::{IdlePool, TunnelUpstream};
 use upstream::{UpstreamClient, UpstreamError, UpstreamTrust};
 
@@ -131,6 +133,7 @@ struct Inner {
     tunnel_tls: Arc<ClientConfig>,
     tunnel_pool: Arc<IdlePool>,
     limiter: RateLimiter,
+    ids: EventIds,
 }
 
 impl Broker {
@@ -153,6 +156,7 @@ impl Broker {
                 tunnel_tls: Arc::new(tunnel_tls),
                 tunnel_pool: Arc::default(),
                 limiter: RateLimiter::new(),
+                ids: EventIds::new(),
             }),
         })
     }
@@ -197,49 +201,90 @@ enum Scheme {
     Https,
 }
 
-/// The upstream a request goes to: the CONNECT target, or the absolute-form URI's origin.
-#[derive(Debug, Clone)]
+/// The upstream a request goes to: the CONNECT target, or the absolute-form URI's origin, with
+/// the rules that name its host (looked up once per tunnel).
+#[derive(Debug)]
 struct Target {
     scheme: Scheme,
     /// Lower-case, IPv6 without brackets.
     host: String,
     port: u16,
+    /// `https://host:port`, the audit events' resource.
+    origin: String,
+    rules: HostRules,
 }
 
 impl Target {
-    fn new(scheme: Scheme, host: &str, port: u16) -> Self {
+    fn new(scheme: Scheme, host: &str, port: u16, rules: &Rules) -> Self {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        Self { scheme, host, port }
-    }
-
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn origin(&self) -> String {
-        let scheme = match self.scheme {
+        let scheme_text = match scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
         };
-        format!("{scheme}://{}", self.authority())
+        let origin = if host.contains(':') {
+            format!("{scheme_text}://[{host}]:{port}")
+        } else {
+            format!("{scheme_text}://{host}:{port}")
+        };
+        let rules = rules.for_host(&host);
+        Self { scheme, host, port, origin, rules }
     }
 }
 
 /// What one request's audit event says: where, what, with which connection.
-struct Attempt {
-    target: Target,
-    method: String,
-    path: String,
-    connection: Option<String>,
+struct Attempt<'a> {
+    target: &'a Target,
+    method: Method,
+    /// Without the query, cut at [`MAX_AUDITED_PATH`] bytes.
+    path: Cow<'a, str>,
+    connection: Option<Cow<'a, str>>,
 }
 
-impl Attempt {
+impl Attempt<'_> {
     fn detail(&self) -> String {
-        format!("connection={} method={} path={}", self.connection.as_deref().unwrap_or("-"), self.method, self.path)
+        let connection = self.connection.as_deref().unwrap_or("-");
+        let method = self.method.as_str();
+        let mut detail = String::with_capacity(30 + connection.len() + method.len() + self.path.len());
+        for part in ["connection=", connection, " method=", method, " path=", &self.path] {
+            detail.push_str(part);
+        }
+        detail
+    }
+}
+
+/// Audit event ids: UUIDv7 at the injected clock's millisecond, the other 74 bits a counter
+/// started at a random value (RFC 9562 §6.2, method 1), so ids are unique within the broker
+/// and not guessable across brokers without a random-number call per request.
+struct EventIds {
+    counter: AtomicU64,
+    /// Random high bits of the 74, fixed for this broker.
+    high: u16,
+}
+
+impl EventIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 10];
+        if aws_lc_rs::rand::fill(&mut seed).is_err() {
+            // uuid's own random bits (a system RNG call) instead.
+            seed.copy_from_slice(&uuid::Uuid::now_v7().as_bytes()[6..]);
+        }
+        let [a, b, rest @ ..] = seed;
+        Self { counter: AtomicU64::new(u64::from_le_bytes(rest)), high: u16::from_le_bytes([a, b]) }
+    }
+
+    /// The id for an event at `ms` (Unix milliseconds).
+    fn next(&self, ms: i64) -> String {
+        let count = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 10];
+        random[..2].copy_from_slice(&self.high.to_be_bytes());
+        random[2..].copy_from_slice(&count.to_be_bytes());
+        let ms = u64::try_from(ms).unwrap_or(0);
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Builder::from_unix_timestamp_millis(ms, &random)
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text)
+            .to_owned()
     }
 }
 
@@ -283,8 +328,8 @@ impl Inner {
         let uri = req.uri();
         match (uri.scheme_str(), uri.host()) {
             (Some("http"), Some(host)) => {
-                let target = Target::new(Scheme::Http, host, uri.port_u16().unwrap_or(80));
-                self.forward(req, target, Route::Pooled).await
+                let target = Target::new(Scheme::Http, host, uri.port_u16().unwrap_or(80), &self.rules);
+                self.forward(req, &target, Route::Pooled).await
             }
             _ => json_error(&refusal(
                 StatusCode::BAD_REQUEST,
@@ -298,10 +343,9 @@ impl Inner {
         let Some(authority) = req.uri().authority() else {
             return json_error(&refusal(StatusCode::BAD_REQUEST, "invalid_request", "CONNECT needs host:port"));
         };
-        let target = Target::new(Scheme::Https, authority.host(), authority.port_u16().unwrap_or(443));
-        let attempt =
-            Attempt { target: target.clone(), method: "CONNECT".into(), path: String::new(), connection: None };
-        if self.rules.covers_host(&target.host) {
+        let target = Target::new(Scheme::Https, authority.host(), authority.port_u16().unwrap_or(443), &self.rules);
+        let attempt = Attempt { target: &target, method: Method::CONNECT, path: Cow::Borrowed(""), connection: None };
+        if !target.rules.is_empty() {
             // Mint (or fetch) the leaf before answering, so a host that cannot have one is
             // refused instead of failing the agent's handshake.
             let tls = match self.ca.server_config(&target.host) {
@@ -312,6 +356,7 @@ impl Inner {
                         .await;
                 }
             };
+            drop(attempt);
             tokio::spawn(Arc::clone(&self).intercept(req, target, tls));
             return Response::new(empty());
         }
@@ -325,8 +370,8 @@ impl Inner {
     }
 
     /// Relays the tunnel's bytes to the host unchanged: no rule, nothing to inject.
-    async fn tunnel(&self, req: Request<Incoming>, attempt: Attempt) -> Response<ProxyBody> {
-        let target = &attempt.target;
+    async fn tunnel(&self, req: Request<Incoming>, attempt: Attempt<'_>) -> Response<ProxyBody> {
+        let target = attempt.target;
         let connect = TcpStream::connect((target.host.as_str(), target.port));
         let mut upstream = match tokio::time::timeout(self.limits.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -372,14 +417,15 @@ impl Inner {
             Ok(Err(error)) => return tracing::debug!(%error, host = %target.host, "agent TLS handshake failed"),
             Err(_) => return tracing::debug!(host = %target.host, "agent TLS handshake timed out"),
         };
+        let target = Arc::new(target);
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return self.serve_http1_tunnel(stream, target).await;
         }
         let inner = Arc::clone(&self);
         let service = service_fn(move |req| {
             let inner = Arc::clone(&inner);
-            let target = target.clone();
-            async move { Ok::<_, Infallible>(inner.forward(req, target, Route::Pooled).await) }
+            let target = Arc::clone(&target);
+            async move { Ok::<_, Infallible>(inner.forward(req, &target, Route::Pooled).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -402,7 +448,7 @@ impl Inner {
     async fn serve_http1_tunnel(
         self: Arc<Self>,
         stream: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
-        target: Target,
+        target: Arc<Target>,
     ) {
         let tls = Arc::clone(&self.tunnel_tls);
         let pool = Arc::clone(&self.tunnel_pool);
@@ -416,9 +462,9 @@ impl Inner {
         let shared = Arc::clone(&upstream);
         let service = service_fn(move |req| {
             let inner = Arc::clone(&inner);
-            let target = target.clone();
+            let target = Arc::clone(&target);
             let upstream = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(inner.forward(req, target, Route::Tunnel(&upstream)).await) }
+            async move { Ok::<_, Infallible>(inner.forward(req, &target, Route::Tunnel(&upstream)).await) }
         });
         let agent = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -435,40 +481,38 @@ impl Inner {
 
     /// Applies the rules to one request and forwards it, with the credential in place of the
     /// placeholder when a rule calls for it.
-    async fn forward(&self, req: Request<Incoming>, target: Target, route: Route<'_>) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<Incoming>, target: &Target, route: Route<'_>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let mut attempt = Attempt {
-            target,
-            method: parts.method.to_string(),
-            path: truncate(&path, MAX_AUDITED_PATH),
-            connection: None,
-        };
+        // A cheap copy (shared bytes), so the path can be read while `parts` is rewritten.
+        let uri = parts.uri.clone();
+        let path = uri.path();
+        let mut attempt =
+            Attempt { target, method: parts.method.clone(), path: truncate(path, MAX_AUDITED_PATH), connection: None };
         let requested = match requested_connection(&parts.headers) {
             Ok(requested) => requested,
             Err(refused) => return self.refuse(&attempt, refused).await,
         };
         strip_hop_by_hop(&mut parts.headers);
-        if is_ambiguous_path(&path) {
+        if is_ambiguous_path(path) {
             let ambiguous = "paths with dot segments or encoded slashes are refused";
             return self.refuse(&attempt, refusal(StatusCode::BAD_REQUEST, "ambiguous_path", ambiguous)).await;
         }
-        let Some(rule) = self.rules.find(&attempt.target.host, &path) else {
-            attempt.connection = requested;
+        let Some(rule) = self.rules.find_for(&target.rules, path) else {
+            attempt.connection = requested.map(Cow::Owned);
             return match self.check_unmatched(&parts.headers, attempt.connection.as_deref()) {
                 Err(refused) => self.refuse(&attempt, refused).await,
                 Ok(()) => self.audited_send(parts, body, &attempt, "broker.forward", route).await,
             };
         };
-        let connection = requested.unwrap_or_else(|| rule.connection.clone());
-        attempt.connection = Some(connection.clone());
-        if let Err(refused) = self.check_rule(rule, &parts, &attempt, &connection) {
+        attempt.connection = Some(requested.map_or(Cow::Borrowed(rule.connection.as_str()), Cow::Owned));
+        let connection = attempt.connection.as_deref().unwrap_or(rule.connection.as_str());
+        if let Err(refused) = self.check_rule(rule, &parts, &attempt, connection) {
             return self.refuse(&attempt, refused).await;
         }
         if !needs_credential(&parts.headers, rule) {
             return self.audited_send(parts, body, &attempt, "broker.forward", route).await;
         }
-        let credential = match self.credentials.credential(&connection).await {
+        let credential = match self.credentials.credential(connection).await {
             Ok(credential) => credential,
             Err(e) => {
                 return self
@@ -476,7 +520,7 @@ impl Inner {
                     .await;
             }
         };
-        let substituted = substitute(&mut parts.headers, rule, &connection, &credential);
+        let substituted = substitute(&mut parts.headers, rule, connection, &credential);
         drop(credential);
         if let Err(e) = substituted {
             return self.refuse(&attempt, refusal(StatusCode::BAD_GATEWAY, "credential_unusable", e.to_string())).await;
@@ -504,7 +548,7 @@ impl Inner {
         &self,
         rule: &Rule,
         parts: &http::request::Parts,
-        attempt: &Attempt,
+        attempt: &Attempt<'_>,
         connection: &str,
     ) -> Result<(), Refusal> {
         if rule.denies_method(parts.method.as_str()) {
@@ -537,7 +581,7 @@ impl Inner {
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
-        attempt: &Attempt,
+        attempt: &Attempt<'_>,
         action: &str,
         route: Route<'_>,
     ) -> Response<ProxyBody> {
@@ -546,15 +590,15 @@ impl Inner {
             return json_error(&audit_unavailable());
         }
         match route {
-            Route::Pooled => self.send(parts, body, &attempt.target).await,
+            Route::Pooled => self.send(parts, body, attempt.target).await,
             Route::Tunnel(upstream) => {
-                // Origin-form, as the agent sent it; the tunnel sets Host to the CONNECT target.
+                // Origin-form, as the agent sent it; the tunnel sets Host to the CONNECT target
+                // (replacing the agent's).
                 parts.version = Version::HTTP_11;
-                parts.headers.remove(HOST);
                 match upstream.send(Request::from_parts(parts, body)).await {
                     Ok(response) => agent_response(response),
                     Err(error) => {
-                        tracing::warn!(%error, upstream = %attempt.target.origin(), "upstream request failed");
+                        tracing::warn!(%error, upstream = %attempt.target.origin, "upstream request failed");
                         json_error(&upstream_failed())
                     }
                 }
@@ -564,7 +608,7 @@ impl Inner {
 
     async fn send(&self, mut parts: http::request::Parts, body: Incoming, target: &Target) -> Response<ProxyBody> {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let Ok(uri) = format!("{}{path_and_query}", target.origin()).parse::<Uri>() else {
+        let Ok(uri) = format!("{}{path_and_query}", target.origin).parse::<Uri>() else {
             return json_error(&refusal(StatusCode::BAD_REQUEST, "invalid_request", "the request URI is invalid"));
         };
         parts.uri = uri;
@@ -575,34 +619,24 @@ impl Inner {
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(response) => agent_response(response),
             Err(error) => {
-                tracing::warn!(%error, upstream = %target.origin(), "upstream request failed");
+                tracing::warn!(%error, upstream = %target.origin, "upstream request failed");
                 json_error(&upstream_failed())
             }
         }
     }
 
-    fn event(&self, action: &str, attempt: &Attempt) -> AuditEvent {
-        let mut event = AuditEvent::allow(action, self.event_id());
+    fn event(&self, action: &str, attempt: &Attempt<'_>) -> AuditEvent {
+        let mut event = AuditEvent::allow(action, self.ids.next(self.clock.now_ms()));
         event.agent.clone_from(&self.agent);
         event.owner.clone_from(&self.owner);
-        event.resource = Some(attempt.target.origin());
+        event.resource = Some(attempt.target.origin.clone());
         event.detail = Some(attempt.detail());
         event
     }
 
-    /// A UUIDv7 at the injected clock's time, its random bits from aws-lc's user-space DRBG
-    /// rather than a `getrandom` system call per request.
-    fn event_id(&self) -> String {
-        let mut random = [0u8; 10];
-        match (u64::try_from(self.clock.now_ms()), aws_lc_rs::rand::fill(&mut random)) {
-            (Ok(ms), Ok(())) => uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid().to_string(),
-            _ => uuid::Uuid::now_v7().to_string(),
-        }
-    }
-
     /// Records the refusal as `broker.deny`, then answers it (an unrecordable refusal is still
     /// refused).
-    async fn refuse(&self, attempt: &Attempt, refused: Refusal) -> Response<ProxyBody> {
+    async fn refuse(&self, attempt: &Attempt<'_>, refused: Refusal) -> Response<ProxyBody> {
         let event = self.event("broker.deny", attempt).refused(refused.code, &attempt.detail());
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit failure");
@@ -677,13 +711,54 @@ fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-fn truncate(text: &str, max: usize) -> String {
+fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_distinct_uuidv7_at_the_given_time() {
+        let ids = EventIds::new();
+        let ms = 1_765_000_000_123;
+        let parsed: Vec<uuid::Uuid> = (0..1000).map(|_| ids.next(ms).parse().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = parsed.iter().collect();
+        assert_eq!(distinct.len(), parsed.len());
+        for id in &parsed {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, 1_765_000_000_123);
+        }
+        // Another broker starts elsewhere in the space.
+        assert_ne!(EventIds::new().next(ms), ids.next(ms));
+    }
+
+    #[test]
+    fn audit_details_name_connection_method_and_path() {
+        let target = Target::new(Scheme::Https, "[::1]", 8443, &Rules::default());
+        assert_eq!(target.origin, "https://[::1]:8443");
+        let long = format!("/{}", "é".repeat(200));
+        let attempt = Attempt {
+            target: &target,
+            method: Method::GET,
+            path: truncate(&long, MAX_AUDITED_PATH),
+            connection: Some(Cow::Borrowed("github:work")),
+        };
+        let detail = attempt.detail();
+        assert!(detail.starts_with("connection=github:work method=GET path=/é"), "{detail}");
+        assert!(detail.ends_with('…') && detail.len() <= 60 + MAX_AUDITED_PATH, "{detail}");
+        let none = Attempt { target: &target, method: Method::CONNECT, path: Cow::Borrowed(""), connection: None };
+        assert_eq!(none.detail(), "connection=- method=CONNECT path=");
+    }
 }

@@ -9,7 +9,23 @@ use zeroize::Zeroizing;
 use super::rules::{PLACEHOLDER_PREFIX, Rule};
 
 /// The request header choosing a connection (`github:personal`); never forwarded.
-pub const CONNECTION_HEADER: &str = "mandate-connection";
+pub const CONNECTION_HEADER: HeaderName = HeaderName::from_static("mandate-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The headers [`strip_hop_by_hop`] removes by name (those named by `Connection` come on top).
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    header::TE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    CONNECTION_HEADER,
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InjectError {
@@ -26,8 +42,9 @@ pub fn has_unknown_placeholder(headers: &HeaderMap, known: Option<&str>) -> bool
     headers.values().any(|value| {
         let bytes = value.as_bytes();
         match known {
-            Some(known) => contains(&remove_all(bytes, known.as_bytes()), prefix),
-            None => contains(bytes, prefix),
+            // Removing `known` can also join two halves of a prefix, hence the removal.
+            Some(known) if contains(bytes, known.as_bytes()) => contains(&remove_all(bytes, known.as_bytes()), prefix),
+            _ => contains(bytes, prefix),
         }
     })
 }
@@ -75,6 +92,10 @@ pub fn substitute(
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), everything named by
 /// `Connection`, the proxy's own `Proxy-*` headers and `Mandate-Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names instead of a lookup per name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -90,17 +111,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !trailers_only {
         headers.remove(header::TE);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection", CONNECTION_HEADER] {
+    for name in HOP_BY_HOP.iter().filter(|name| *name != header::TE) {
         headers.remove(name);
     }
 }
@@ -194,6 +205,12 @@ mod tests {
         // A placeholder glued to the known one is still unknown.
         let glued = headers(&[("x", "MANDATE_PLACEHOLDER_GITHUB_WORKMANDATE_PLACEHOLDER_X")]);
         assert!(has_unknown_placeholder(&glued, Some("MANDATE_PLACEHOLDER_GITHUB_WORK")));
+        // So is a prefix split around the known one, and one in another header.
+        let split = headers(&[("x", "MANDATE_PLACEXYZ_TOKEN_1HOLDER_A")]);
+        assert!(has_unknown_placeholder(&split, Some("XYZ_TOKEN_1")));
+        let other = headers(&[("a", "Bearer MANDATE_PLACEHOLDER_GITHUB_WORK"), ("b", "MANDATE_PLACEHOLDER_OTHER")]);
+        assert!(has_unknown_placeholder(&other, Some("MANDATE_PLACEHOLDER_GITHUB_WORK")));
+        assert!(!has_unknown_placeholder(&headers(&[("a", "plain")]), Some("MANDATE_PLACEHOLDER_GITHUB_WORK")));
     }
 
     #[test]
@@ -225,5 +242,14 @@ mod tests {
         let mut grpc = headers(&[("te", "trailers")]);
         strip_hop_by_hop(&mut grpc);
         assert_eq!(grpc["te"], "trailers");
+        // Each one alone is found too (the pass that skips messages without any).
+        for name in ["connection", "te", "keep-alive", "proxy-connection", "mandate-connection", "transfer-encoding"] {
+            let mut one = headers(&[(name, "x"), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut one);
+            assert_eq!(one.len(), 1, "{name}");
+        }
+        let mut clean = headers(&[("accept", "*/*"), ("authorization", "Bearer x")]);
+        strip_hop_by_hop(&mut clean);
+        assert_eq!(clean.len(), 2);
     }
 }

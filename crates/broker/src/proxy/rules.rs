@@ -114,7 +114,8 @@ impl HostPattern {
         match self {
             Self::Exact(h) => h.eq_ignore_ascii_case(host),
             Self::Subdomains(suffix) => {
-                host.len() > suffix.len() && host.to_ascii_lowercase().ends_with(suffix.as_str())
+                let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+                host.len() > suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
             }
         }
     }
@@ -192,18 +193,43 @@ impl Rules {
     /// The rule for a request: among those matching the host, the longest matching path prefix;
     /// on a tie, the first in the file.
     pub fn find(&self, host: &str, path: &str) -> Option<&Rule> {
-        let mut best: Option<&Rule> = None;
-        for rule in self.rules.iter().filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str())) {
-            if best.is_none_or(|b| rule.path_prefix.len() > b.path_prefix.len()) {
-                best = Some(rule);
-            }
-        }
-        best
+        longest_prefix(self.rules.iter().filter(|r| r.host.matches(host)), path)
+    }
+
+    /// The rules naming `host`, looked up once for all the requests of a tunnel to it.
+    pub fn for_host(&self, host: &str) -> HostRules {
+        HostRules(self.rules.iter().filter(|r| r.host.matches(host)).map(|r| r.index).collect())
+    }
+
+    /// [`Rules::find`] among the rules of one host.
+    pub fn find_for(&self, host: &HostRules, path: &str) -> Option<&Rule> {
+        longest_prefix(host.0.iter().filter_map(|&index| self.rules.get(index)), path)
     }
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+}
+
+/// The rules naming one host (positions in the file, in file order), from [`Rules::for_host`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostRules(Vec<usize>);
+
+impl HostRules {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Among `rules` (in file order), the longest `path_prefix` of `path`; on a tie, the first.
+fn longest_prefix<'a>(rules: impl Iterator<Item = &'a Rule>, path: &str) -> Option<&'a Rule> {
+    let mut best: Option<&Rule> = None;
+    for rule in rules.filter(|r| path.starts_with(r.path_prefix.as_str())) {
+        if best.is_none_or(|b| rule.path_prefix.len() > b.path_prefix.len()) {
+            best = Some(rule);
+        }
+    }
+    best
 }
 
 /// `github:work` → `MANDATE_PLACEHOLDER_GITHUB_WORK`.
@@ -295,10 +321,29 @@ fn check_connection_name(name: &str) -> Result<(), String> {
 /// (`path_prefix`, `deny_paths`) would see a different path than the upstream resolves, so such
 /// requests are refused rather than normalised.
 pub fn is_ambiguous_path(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
+    let bytes = path.as_bytes();
+    let encoded_slash = bytes.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
+    encoded_slash || path.split('/').any(|segment| matches!(dots(segment.as_bytes()), Some(1 | 2)))
+}
+
+/// How many dots a path segment is made of, each `.` or `%2e` (any case); `None` if anything else.
+fn dots(mut segment: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    while !segment.is_empty() {
+        if segment[0] == b'.' {
+            segment = &segment[1..];
+        } else if segment.len() >= 3
+            && segment[0] == b'%'
+            && segment[1] == b'2'
+            && segment[2].eq_ignore_ascii_case(&b'e')
+        {
+            segment = &segment[3..];
+        } else {
+            return None;
+        }
+        count += 1;
+    }
+    Some(count)
 }
 
 /// Token buckets per (rule, connection), refilled continuously from the injected clock.
@@ -411,6 +456,30 @@ mod tests {
         assert_eq!(rules.find("h.test", "/v2/x").map(|r| r.connection.as_str()), Some("v2"));
         assert_eq!(rules.find("h.test", "/v1").map(|r| r.connection.as_str()), Some("root"));
         assert!(rules.find("other.test", "/").is_none());
+        // The same answers from the rules looked up once per host.
+        let host = rules.for_host("h.test");
+        assert_eq!(rules.find_for(&host, "/v2/x").map(|r| r.connection.as_str()), Some("v2"));
+        assert_eq!(rules.find_for(&host, "/v1").map(|r| r.connection.as_str()), Some("root"));
+        assert!(rules.for_host("other.test").is_empty());
+        assert!(rules.find_for(&rules.for_host("other.test"), "/").is_none());
+    }
+
+    #[test]
+    fn ties_go_to_the_first_rule_and_wildcards_join_exact_hosts() {
+        let rules = Rules::parse(
+            "[[rule]]\nhost = \"*.example.com\"\nconnection = \"wild\"\n\
+             [[rule]]\nhost = \"api.example.com\"\nconnection = \"exact\"\n\
+             [[rule]]\nhost = \"api.example.com\"\npath_prefix = \"/v1\"\nconnection = \"v1\"",
+        )
+        .unwrap();
+        for host in ["api.example.com", "API.Example.Com"] {
+            assert_eq!(rules.find(host, "/x").map(|r| r.connection.as_str()), Some("wild"));
+            assert_eq!(rules.find(host, "/v1/x").map(|r| r.connection.as_str()), Some("v1"));
+            let own = rules.for_host(host);
+            assert_eq!(rules.find_for(&own, "/x").map(|r| r.connection.as_str()), Some("wild"));
+            assert_eq!(rules.find_for(&own, "/v1/x").map(|r| r.connection.as_str()), Some("v1"));
+        }
+        assert_eq!(rules.find("other.example.com", "/v1").map(|r| r.connection.as_str()), Some("wild"));
     }
 
     #[test]
@@ -445,7 +514,10 @@ mod tests {
         for path in ["/a/../b", "/..", "/a/./b", "/a/%2e%2E/b", "/a/%2E/b", "/a%2fb"] {
             assert!(is_ambiguous_path(path), "{path}");
         }
-        for path in ["/", "/a/b", "/a/..b/c", "/.well-known/x"] {
+        for path in ["/a/%2E%2e", "/a/.%2e/b", "/%2F", "/a/b%2f"] {
+            assert!(is_ambiguous_path(path), "{path}");
+        }
+        for path in ["/", "/a/b", "/a/..b/c", "/.well-known/x", "/a/.../b", "/a/%2e%2e%2e", "/%2", "/%2x", "/a%25"] {
             assert!(!is_ambiguous_path(path), "{path}");
         }
     }

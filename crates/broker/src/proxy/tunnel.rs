@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
@@ -212,29 +213,165 @@ impl TunnelUpstream {
 /// Runs `agent` (the tunnel's agent-side connection) and the upstream connections it opens on
 /// this one task, until the agent's connection ends; returns its output and the upstream
 /// connections still open.
+///
+/// Each side is polled with its own waker, and only when it was woken. A side woken by the
+/// other during the same task poll (the agent side handing a request to the upstream
+/// connection, the upstream connection handing the response and its body back) is polled again
+/// at once, instead of the task waking itself and going through the scheduler's run queue
+/// (often waking a parked worker thread) two or three times per request.
 pub async fn drive<F: Future>(agent: F, mut drivers: mpsc::UnboundedReceiver<Driver>) -> (F::Output, Vec<Driver>) {
     let mut agent = std::pin::pin!(agent);
     // One at a time in practice: a new connection is opened only once the previous one closed.
     let mut running: Vec<Driver> = Vec::new();
+    let wakes = Arc::new(Wakes { state: AtomicU8::new(AGENT | UPSTREAM), task: Mutex::new(None) });
+    let agent_waker = Waker::from(Arc::new(SideWaker { wakes: Arc::clone(&wakes), side: AGENT }));
+    let upstream_waker = Waker::from(Arc::new(SideWaker { wakes: Arc::clone(&wakes), side: UPSTREAM }));
     let output = std::future::poll_fn(|cx: &mut Context<'_>| {
-        loop {
-            while let Poll::Ready(Some(driver)) = drivers.poll_recv(cx) {
-                running.push(driver);
-            }
+        wakes.set_task(cx.waker());
+        wakes.state.fetch_or(POLLING, Ordering::AcqRel);
+        for _ in 0..MAX_PASSES {
+            let woken = wakes.state.fetch_and(POLLING, Ordering::AcqRel);
             // Upstream first: a response it reads is then handed to the agent side in this pass.
-            running.retain_mut(|driver| driver.as_mut().poll(cx).is_pending());
-            if let Poll::Ready(output) = agent.as_mut().poll(cx) {
+            if woken & UPSTREAM != 0 {
+                let mut upstream_cx = Context::from_waker(&upstream_waker);
+                while let Poll::Ready(Some(driver)) = drivers.poll_recv(&mut upstream_cx) {
+                    running.push(driver);
+                }
+                running.retain_mut(|driver| driver.as_mut().poll(&mut upstream_cx).is_pending());
+            }
+            if woken & AGENT != 0
+                && let Poll::Ready(output) = agent.as_mut().poll(&mut Context::from_waker(&agent_waker))
+            {
+                wakes.state.fetch_and(!POLLING, Ordering::AcqRel);
                 return Poll::Ready(output);
             }
-            // The agent side may just have opened a connection: start driving it now.
-            if drivers.is_empty() {
+            // Nothing woken meanwhile: wait for the next wake-up, which now goes to the task.
+            if wakes.state.compare_exchange(POLLING, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 return Poll::Pending;
             }
         }
+        // Still woken after MAX_PASSES (a side yielding, or out of the runtime's budget): let the
+        // scheduler run other tasks first.
+        if wakes.state.fetch_and(!POLLING, Ordering::AcqRel) & (AGENT | UPSTREAM) != 0 {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     })
     .await;
     while let Ok(driver) = drivers.try_recv() {
         running.push(driver);
     }
     (output, running)
+}
+
+/// [`drive`] is inside a task poll: wake-ups are only noted, and picked up before it returns.
+const POLLING: u8 = 1;
+const AGENT: u8 = 2;
+const UPSTREAM: u8 = 4;
+/// Passes over the two sides per task poll, so a side that keeps waking itself cannot keep the
+/// task (and the runtime's cooperative budget) from yielding.
+const MAX_PASSES: usize = 8;
+
+/// Which sides of a [`drive`] were woken, and the task to wake when it is not being polled.
+struct Wakes {
+    state: AtomicU8,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wakes {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock();
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+struct SideWaker {
+    wakes: Arc<Wakes>,
+    side: u8,
+}
+
+impl Wake for SideWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let before = self.wakes.state.fetch_or(self.side, Ordering::AcqRel);
+        if before & POLLING == 0
+            && let Some(task) = self.wakes.task.lock().as_ref()
+        {
+            task.wake_by_ref();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_side_wakes_the_other_within_one_drive() {
+        let (drivers, receiver) = mpsc::unbounded_channel::<Driver>();
+        let (to_upstream, mut upstream_rx) = mpsc::unbounded_channel::<u32>();
+        let (to_agent, mut agent_rx) = mpsc::unbounded_channel::<u32>();
+        // The "upstream connection" answers every number with its double; a second one never ends.
+        drivers
+            .send(Box::pin(async move {
+                while let Some(n) = upstream_rx.recv().await {
+                    to_agent.send(n * 2).unwrap();
+                }
+            }))
+            .unwrap();
+        let agent = async move {
+            let mut sum = 0;
+            for n in 1..=100 {
+                to_upstream.send(n).unwrap();
+                sum += agent_rx.recv().await.unwrap();
+            }
+            // Opened while the agent side runs: picked up, and handed back when it ends.
+            drivers.send(Box::pin(std::future::pending())).unwrap();
+            sum
+        };
+        let (sum, open) = drive(agent, receiver).await;
+        assert_eq!(sum, 10_100);
+        // Both still open: the first was not polled again once the agent side ended.
+        assert_eq!(open.len(), 2);
+    }
+
+    /// A side that keeps waking itself (or is out of the runtime's budget) must not keep the
+    /// task from yielding: on a single thread, the other task only runs when it does.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_side_waking_itself_still_lets_other_tasks_run() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        tokio::spawn(async move { set.store(true, Ordering::SeqCst) });
+        let agent = std::future::poll_fn(|cx| {
+            if flag.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        });
+        let (_, receiver) = mpsc::unbounded_channel::<Driver>();
+        let ((), open) = drive(agent, receiver).await;
+        assert!(open.is_empty());
+    }
+
+    #[tokio::test]
+    async fn wake_ups_from_another_thread_reach_the_task() {
+        let (tx, rx) = oneshot::channel::<u8>();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(7).unwrap();
+        });
+        let (_, receiver) = mpsc::unbounded_channel::<Driver>();
+        let (value, _) = drive(rx, receiver).await;
+        assert_eq!(value.unwrap(), 7);
+    }
 }
