@@ -189,18 +189,19 @@ impl StoreRevocation {
 
     /// Checks one token's revocation state from its identifying claims.
     pub async fn check(&self, token: &TokenFacts<'_>) -> Result<Option<&'static str>, String> {
-        if self.store.is_token_revoked(token.jti).await.map_err(|e| e.to_string())? {
-            return Ok(Some("token was revoked"));
-        }
         let mut subjects = vec![(EpochKind::Client, token.client_id)];
         subjects.extend(token.agent.map(|a| (EpochKind::Agent, a)));
         subjects.extend(self.actor_agents(token.act).map(|a| (EpochKind::Agent, a)));
         subjects.extend(token.owner.map(|o| (EpochKind::Owner, o)));
         subjects.extend(token.grant.map(|g| (EpochKind::Grant, g)));
-        let epoch = self.store.revoked_before(&subjects).await.map_err(|e| e.to_string())?;
+        let state = self.store.token_revocation(token.jti, &subjects).await.map_err(|e| e.to_string())?;
+        if state.token_revoked {
+            return Ok(Some("token was revoked"));
+        }
         // Epochs are whole seconds and inclusive: a token issued in the same second as a kill
         // switch counts as issued before it.
-        Ok(epoch
+        Ok(state
+            .not_before
             .filter(|not_before| token.iat <= *not_before)
             .map(|_| "agent, owner, client or grant was revoked after issuance"))
     }

@@ -93,6 +93,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;
+    /// [`Store::is_token_revoked`] and [`Store::revoked_before`] read together, as every
+    /// verified request does: one read transaction (SQLite) or one round trip (PostgreSQL).
+    async fn token_revocation(&self, jti: &str, subjects: &[(EpochKind, &str)]) -> Result<TokenRevocation>;
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>>;
     async fn setting(&self, key: &str) -> Result<Option<String>>;

@@ -39,6 +39,11 @@ const EPOCHS: &str = "SELECT MAX(e.not_before) FROM revocation_epochs e \
                       JOIN unnest($1::text[], $2::text[]) AS s(kind, name) \
                       ON e.kind = s.kind AND e.name = s.name";
 
+const TOKEN_REVOCATION: &str = "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1), \
+                                (SELECT MAX(e.not_before) FROM revocation_epochs e \
+                                 JOIN unnest($2::text[], $3::text[]) AS s(kind, name) \
+                                 ON e.kind = s.kind AND e.name = s.name)";
+
 type Param<'a> = &'a (dyn ToSql + Sync);
 
 pub struct PostgresStore {
@@ -261,6 +266,15 @@ impl Store for PostgresStore {
 
     async fn is_token_revoked(&self, jti: &str) -> Result<bool> {
         Ok(!self.rows(read::TOKEN_REVOKED, &[&jti]).await?.is_empty())
+    }
+
+    async fn token_revocation(&self, jti: &str, subjects: &[(EpochKind, &str)]) -> Result<TokenRevocation> {
+        let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
+        let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();
+        let decode: Decode<(bool, Option<i64>)> = |row| Ok((row.boolean(0)?, row.opt_int(1)?));
+        let row = self.query_one(TOKEN_REVOCATION, &[&jti, &kinds, &names], decode).await?;
+        let (token_revoked, not_before) = row.unwrap_or_default();
+        Ok(TokenRevocation { token_revoked, not_before })
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {

@@ -124,6 +124,18 @@ fn query_one<T>(conn: &Connection, sql: &str, params: impl Params, decode: Decod
     rows.next()?.map(|row| decode(row)).transpose()
 }
 
+fn latest_epoch(conn: &Connection, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
+    let mut latest = None;
+    for (kind, subject) in subjects {
+        latest = latest.max(query_one(conn, read::EPOCH, [kind.as_str(), *subject], read::int)?);
+    }
+    Ok(latest)
+}
+
+fn token_revoked(conn: &Connection, jti: &str) -> Result<bool> {
+    Ok(conn.prepare_cached(read::TOKEN_REVOKED)?.exists([jti])?)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn owner(&self, key: &str) -> Result<Option<Owner>> {
@@ -208,17 +220,22 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
-        self.read(|c| {
-            let mut latest = None;
-            for (kind, subject) in subjects {
-                latest = latest.max(query_one(c, read::EPOCH, [kind.as_str(), *subject], read::int)?);
-            }
-            Ok(latest)
-        })
+        self.read(|c| latest_epoch(c, subjects))
     }
 
     async fn is_token_revoked(&self, jti: &str) -> Result<bool> {
-        self.read(|c| Ok(c.prepare_cached(read::TOKEN_REVOKED)?.exists([jti])?))
+        self.read(|c| token_revoked(c, jti))
+    }
+
+    async fn token_revocation(&self, jti: &str, subjects: &[(EpochKind, &str)]) -> Result<TokenRevocation> {
+        self.read(|c| {
+            // One read transaction: WAL read locks are taken once instead of per statement.
+            let tx = c.unchecked_transaction()?;
+            let state =
+                TokenRevocation { token_revoked: token_revoked(&tx, jti)?, not_before: latest_epoch(&tx, subjects)? };
+            tx.commit()?;
+            Ok(state)
+        })
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>> {

@@ -26,6 +26,14 @@ impl EpochKind {
     }
 }
 
+/// One token's revocation state: revoked by its `jti`, and the latest "not before" epoch of
+/// the subjects that answer for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenRevocation {
+    pub token_revoked: bool,
+    pub not_before: Option<i64>,
+}
+
 /// A signing key as stored: the private key sealed with the KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {

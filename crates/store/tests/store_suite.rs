@@ -185,6 +185,28 @@ pub async fn revocation_epochs_only_rise(store: Arc<dyn Store>) {
     assert_eq!(store.revoked_before(&[(EpochKind::Owner, "bot")]).await.unwrap(), None);
 }
 
+/// The combined read agrees with the two separate ones, for each part alone and together.
+pub async fn token_revocation_reads_both_parts(store: Arc<dyn Store>) {
+    let subjects = [(EpochKind::Client, "c"), (EpochKind::Agent, "bot"), (EpochKind::Owner, "alice")];
+    let nothing = TokenRevocation { token_revoked: false, not_before: None };
+    assert_eq!(store.token_revocation("j1", &subjects).await.unwrap(), nothing);
+    assert_eq!(store.token_revocation("j1", &[]).await.unwrap(), nothing);
+    commit(&store, vec![job(Some(Mutation::RevokeToken { jti: "j1".into(), expires_at_secs: 100 }), "revoke")]).await;
+    let revoked = store.token_revocation("j1", &subjects).await.unwrap();
+    assert_eq!(revoked, TokenRevocation { token_revoked: true, not_before: None });
+    let epoch = |kind, name: &str, secs| {
+        job(Some(Mutation::RevokeBefore { kind, name: name.into(), not_before_secs: secs }), "revoke")
+    };
+    commit(&store, vec![epoch(EpochKind::Agent, "bot", 40), epoch(EpochKind::Owner, "alice", 60)]).await;
+    let other = store.token_revocation("j2", &subjects).await.unwrap();
+    assert_eq!(other, TokenRevocation { token_revoked: false, not_before: Some(60) });
+    assert_eq!(other.not_before, store.revoked_before(&subjects).await.unwrap());
+    let both = store.token_revocation("j1", &subjects[..2]).await.unwrap();
+    assert_eq!(both, TokenRevocation { token_revoked: true, not_before: Some(40) });
+    let unrelated = store.token_revocation("j3", &[(EpochKind::Agent, "alice")]).await.unwrap();
+    assert_eq!(unrelated, nothing, "an epoch is for its kind and name only");
+}
+
 pub async fn token_revocation_and_one_time_ids(store: Arc<dyn Store>) {
     let out = commit(
         &store,
@@ -704,7 +726,8 @@ macro_rules! suite {
             use super::*;
             suite!(@tests $make; registry_round_trip, refused_mutations_change_nothing_but_are_logged,
                 audit_chain_links_across_commits, concurrent_commits_keep_one_chain,
-                revocation_epochs_only_rise, token_revocation_and_one_time_ids, keys_settings_and_checkpoints,
+                revocation_epochs_only_rise, token_revocation_reads_both_parts, token_revocation_and_one_time_ids,
+                keys_settings_and_checkpoints,
                 workload_identity_records, delegation_records, audit_tiles_round_trip,
                 ssf_streams_and_outbox, ciba_requests_and_ping_callbacks);
         }
