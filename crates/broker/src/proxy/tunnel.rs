@@ -223,20 +223,25 @@ pub async fn drive<F: Future>(agent: F, mut drivers: mpsc::UnboundedReceiver<Dri
     let mut agent = std::pin::pin!(agent);
     // One at a time in practice: a new connection is opened only once the previous one closed.
     let mut running: Vec<Driver> = Vec::new();
-    let wakes = Arc::new(Wakes { state: AtomicU8::new(AGENT | UPSTREAM), task: Mutex::new(None) });
+    let wakes = Arc::new(Wakes { state: AtomicU8::new(WOKEN), task: Mutex::new(None) });
     let agent_waker = Waker::from(Arc::new(SideWaker { wakes: Arc::clone(&wakes), side: AGENT }));
     let upstream_waker = Waker::from(Arc::new(SideWaker { wakes: Arc::clone(&wakes), side: UPSTREAM }));
+    let new_driver_waker = Waker::from(Arc::new(SideWaker { wakes: Arc::clone(&wakes), side: NEW_DRIVER }));
     let output = std::future::poll_fn(|cx: &mut Context<'_>| {
         wakes.set_task(cx.waker());
         wakes.state.fetch_or(POLLING, Ordering::AcqRel);
         for _ in 0..MAX_PASSES {
             let woken = wakes.state.fetch_and(POLLING, Ordering::AcqRel);
-            // Upstream first: a response it reads is then handed to the agent side in this pass.
-            if woken & UPSTREAM != 0 {
-                let mut upstream_cx = Context::from_waker(&upstream_waker);
-                while let Poll::Ready(Some(driver)) = drivers.poll_recv(&mut upstream_cx) {
+            let mut new_driver = false;
+            if woken & NEW_DRIVER != 0 {
+                while let Poll::Ready(Some(driver)) = drivers.poll_recv(&mut Context::from_waker(&new_driver_waker)) {
                     running.push(driver);
+                    new_driver = true;
                 }
+            }
+            // Upstream first: a response it reads is then handed to the agent side in this pass.
+            if woken & UPSTREAM != 0 || new_driver {
+                let mut upstream_cx = Context::from_waker(&upstream_waker);
                 running.retain_mut(|driver| driver.as_mut().poll(&mut upstream_cx).is_pending());
             }
             if woken & AGENT != 0
@@ -252,7 +257,7 @@ pub async fn drive<F: Future>(agent: F, mut drivers: mpsc::UnboundedReceiver<Dri
         }
         // Still woken after MAX_PASSES (a side yielding, or out of the runtime's budget): let the
         // scheduler run other tasks first.
-        if wakes.state.fetch_and(!POLLING, Ordering::AcqRel) & (AGENT | UPSTREAM) != 0 {
+        if wakes.state.fetch_and(!POLLING, Ordering::AcqRel) & WOKEN != 0 {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
@@ -268,6 +273,9 @@ pub async fn drive<F: Future>(agent: F, mut drivers: mpsc::UnboundedReceiver<Dri
 const POLLING: u8 = 1;
 const AGENT: u8 = 2;
 const UPSTREAM: u8 = 4;
+/// A connection was sent to the receiver of drivers.
+const NEW_DRIVER: u8 = 8;
+const WOKEN: u8 = AGENT | UPSTREAM | NEW_DRIVER;
 /// Passes over the two sides per task poll, so a side that keeps waking itself cannot keep the
 /// task (and the runtime's cooperative budget) from yielding.
 const MAX_PASSES: usize = 8;
