@@ -13,6 +13,8 @@
 #   BENCH_WARMUP=2          seconds of discarded wrk warm-up before each measured run (0 = none)
 #   BENCH_POST=1            0 = GET runs only
 #   BENCH_LATENCY=1         0 = skip the one-connection latency runs (-t1 -c1 -d5s)
+#   BENCH_C1_REPEAT=3       one-connection runs per pair, direct and proxied alternating; the report takes
+#                           each percentile's median over the repeats (one noisy run moves no p99)
 #   BENCH_PEER=1            0 = skip the peer: nginx as a bare reverse proxy (no auth, no audit) in front
 #                           of the same upstream, GET (installed with apt-get when missing)
 #   BENCH_MCP=1             0 = skip the MCP phase: the official MCP Python SDK server (PyPI `mcp`) as the
@@ -38,6 +40,7 @@ POLICY="${BENCH_POLICY:-1}"
 PEER="${BENCH_PEER:-1}"
 MCP="${BENCH_MCP:-1}"
 LATENCY="${BENCH_LATENCY:-1}"
+C1_REPEAT="${BENCH_C1_REPEAT:-3}"
 OUT="${BENCH_OUT:-$REPO/bench/results/gateway.json}"
 SCOPE="tools:call"
 
@@ -47,6 +50,7 @@ fail() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
   || fail "BENCH_CONNS and BENCH_THREADS must be positive integers, CONNS >= THREADS"
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || fail "BENCH_DURATION must be a whole number of seconds >= 1"
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || fail "BENCH_WARMUP must be a whole number of seconds"
+[[ "$C1_REPEAT" =~ ^[0-9]+$ && "$C1_REPEAT" -ge 1 ]] || fail "BENCH_C1_REPEAT must be a whole number >= 1"
 if ! command -v wrk >/dev/null; then
   command -v apt-get >/dev/null || fail "wrk not found; install it"
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
@@ -208,6 +212,15 @@ run_wrk() {
   python3 "$LIB" parse-wrk "$WORK/$name.txt" >"$WORK/$name.json" || fail "$name: cannot parse the wrk output"
   printf '%s\n%s\n' "$before" "$after" >"$WORK/$name.cpu"
 }
+# run_c1 DIRECT_NAME DIRECT_URL PROXIED_NAME PROXIED_URL [wrk args...] : one connection, one request
+# at a time, BENCH_C1_REPEAT pairs alternating; each proxied run adds the PROXY_ARGS array.
+run_c1() {
+  local dname="$1" durl="$2" pname="$3" purl="$4" i; shift 4
+  for i in $(seq 1 "$C1_REPEAT"); do
+    R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk "$dname-$i" "$durl" "$@"
+    R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk "$pname-$i" "$purl" "$@" "${PROXY_ARGS[@]}"
+  done
+}
 # cpu_ticks: "NAME:TICKS ..." CPU time (user+system, clock ticks) of each started process so far
 cpu_ticks() {
   local i out=""
@@ -229,8 +242,8 @@ if [[ "$POST" == 1 ]]; then
 fi
 if [[ "$LATENCY" == 1 ]]; then
   # One connection, one request at a time: the latency the gateway adds without queueing.
-  R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk c1-direct "$UPSTREAM/mcp"
-  R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk c1-gateway "$RESOURCE" "${AUTH[@]}"
+  PROXY_ARGS=("${AUTH[@]}")
+  run_c1 c1-direct "$UPSTREAM/mcp" c1-gateway "$RESOURCE"
 fi
 if [[ "$PEER" == 1 ]]; then
   # The peer: nginx as a bare reverse proxy (keep-alive upstream pool, no token check, no audit)
@@ -262,7 +275,10 @@ NGINX
   start_bg nginx "$WORK/nginx.log" "$NGINX_BIN" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
   python3 "$LIB" wait-ready "http://127.0.0.1:$NGINX_PORT/mcp" --timeout 20 >/dev/null || fail "nginx did not start"
   run_wrk get-nginx "http://127.0.0.1:$NGINX_PORT/mcp"
-  R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk c1-nginx "http://127.0.0.1:$NGINX_PORT/mcp"
+  if [[ "$LATENCY" == 1 ]]; then
+    PROXY_ARGS=()
+    run_c1 c1n-direct "$UPSTREAM/mcp" c1-nginx "http://127.0.0.1:$NGINX_PORT/mcp"
+  fi
 fi
 if [[ "$MCP" == 1 ]]; then
   # A real MCP server (official MCP Python SDK, stateless streamable HTTP) as the upstream, called
@@ -288,9 +304,8 @@ if [[ "$MCP" == 1 ]]; then
   run_wrk mcp-direct "$MCP_UPSTREAM/mcp" -s "$HERE/mcp_call.lua"
   run_wrk mcp-gateway "$MCP_RESOURCE" -s "$HERE/mcp_call.lua" -H "Authorization: Bearer $MCP_TOKEN"
   if [[ "$LATENCY" == 1 ]]; then
-    R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk mcpc1-direct "$MCP_UPSTREAM/mcp" -s "$HERE/mcp_call.lua"
-    R_THREADS=1 R_CONNS=1 R_DURATION=5 run_wrk mcpc1-gateway "$MCP_RESOURCE" -s "$HERE/mcp_call.lua" \
-      -H "Authorization: Bearer $MCP_TOKEN"
+    PROXY_ARGS=(-H "Authorization: Bearer $MCP_TOKEN")
+    run_c1 mcpc1-direct "$MCP_UPSTREAM/mcp" mcpc1-gateway "$MCP_RESOURCE" -s "$HERE/mcp_call.lua"
   fi
 fi
 if [[ "$POLICY" == 1 ]]; then
@@ -325,19 +340,45 @@ RUNS = {
     "mcpc1-direct": ("mcp-upstream", None), "mcpc1-gateway": ("mcp-upstream", "mcp-gateway"),
     "get-policy": ("upstream", "gateway"), "post-policy": ("upstream", "gateway"),
 }
-runs = {}
-for name, (upstream, proxy) in RUNS.items():
-    path = os.path.join(work, name + ".json")
-    if not os.path.exists(path):
-        continue
-    runs[name] = r = json.load(open(path))
+def load(name):
+    """One wrk run with the CPU ticks (per process) it spent."""
+    r = json.load(open(os.path.join(work, name + ".json")))
     before, after = (dict(pair.split(":") for pair in line.split()) for line in open(os.path.join(work, name + ".cpu")))
+    r["cpu_ticks"] = {proc: int(after[proc]) - int(before[proc]) for proc in before if proc in after}
+    return r
+
+def merge(repeats):
+    """Repeated runs of one kind: each percentile is the median over the repeats, counts add up."""
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    merged = {
+        "latency_ms": {k: median([r["latency_ms"][k] for r in repeats]) for k in repeats[0]["latency_ms"]},
+        "requests": sum(r["requests"] for r in repeats),
+        "ok_rps": round(sum(r["ok_rps"] for r in repeats) / len(repeats), 1),
+        "non_2xx": sum(r["non_2xx"] for r in repeats),
+        "socket_errors": {k: sum(r["socket_errors"][k] for r in repeats) for k in repeats[0]["socket_errors"]},
+        "valid": all(r["valid"] for r in repeats),
+        "cpu_ticks": {p: sum(r["cpu_ticks"].get(p, 0) for r in repeats) for p in repeats[0]["cpu_ticks"]},
+        "repeats": [{"p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "ok_rps": r["ok_rps"]} for r in repeats],
+    }
+    return merged
+
+runs = {}
+RUNS.update({"c1n-direct": ("upstream", None)})
+for name, (upstream, proxy) in RUNS.items():
+    if os.path.exists(os.path.join(work, name + ".json")):
+        r = load(name)
+    else:
+        repeats = [load(f"{name}-{i}") for i in range(1, 100) if os.path.exists(os.path.join(work, f"{name}-{i}.json"))]
+        if not repeats:
+            continue
+        r = merge(repeats)
     # CPU each of our processes spent per request of this run, in microseconds.
     r["cpu_us_per_request"] = {
-        proc: round((int(after[proc]) - int(before[proc])) * TICK_S * 1e6 / r["requests"], 1) if r["requests"] else None
-        for proc in before if proc in after
+        proc: round(ticks * TICK_S * 1e6 / r["requests"], 1) if r["requests"] else None
+        for proc, ticks in r.pop("cpu_ticks").items()
     }
     r["upstream_process"], r["proxy_process"] = upstream, proxy
+    runs[name] = r
 
 def compare(direct, proxied):
     d, g = runs.get(direct), runs.get(proxied)
@@ -358,7 +399,7 @@ COMPARISONS = {
     "post": ("post-direct", "post-gateway", "POST tools/call, tiny upstream"),
     "c1": ("c1-direct", "c1-gateway", "GET, tiny upstream, 1 connection"),
     "nginx-get": ("get-direct", "get-nginx", "peer: nginx bare proxy, GET, tiny upstream"),
-    "nginx-c1": ("c1-direct", "c1-nginx", "peer: nginx bare proxy, GET, 1 connection"),
+    "nginx-c1": ("c1n-direct", "c1-nginx", "peer: nginx bare proxy, GET, 1 connection"),
     "mcp": ("mcp-direct", "mcp-gateway", "MCP Python SDK upstream, tools/call"),
     "mcp-c1": ("mcpc1-direct", "mcpc1-gateway", "MCP Python SDK upstream, tools/call, 1 connection"),
 }
