@@ -58,6 +58,15 @@ struct Options {
     audit: String,
     /// What the upstream offers by ALPN: `h2` (h2 + http/1.1) or `h1` (http/1.1 only).
     upstream_alpn: String,
+    /// The upstream's CA certificate and key (PEM files), so a peer proxy can be told to trust
+    /// it; generated per run without them.
+    upstream_ca: Option<(String, String)>,
+    /// A peer TLS-intercepting proxy (`http://host:port`) and the CA (PEM file) it signs its
+    /// leaves with: a third arm, through the peer with the real credential.
+    peer: Option<(String, String)>,
+    /// The peer's process id: its CPU (with its children's, e.g. Squid's workers) is added to
+    /// the peer arm's CPU per request.
+    peer_pid: Option<u32>,
     out: Option<String>,
 }
 
@@ -74,8 +83,26 @@ fn options() -> Options {
         seconds: map.get("seconds").map_or(10, |v| v.parse().unwrap()),
         audit: map.get("audit").cloned().unwrap_or_else(|| "memory".into()),
         upstream_alpn: map.get("upstream-alpn").cloned().unwrap_or_else(|| "h2".into()),
+        upstream_ca: map.get("upstream-ca-cert").cloned().zip(map.get("upstream-ca-key").cloned()),
+        peer: map.get("peer").cloned().zip(map.get("peer-ca").cloned()),
+        peer_pid: map.get("peer-pid").map(|v| v.parse().unwrap()),
         out: map.get("out").cloned(),
     }
+}
+
+/// The upstream's CA: loaded from PEM files when given, else a fresh one.
+fn upstream_ca(files: Option<&(String, String)>) -> (String, Issuer<'static, KeyPair>) {
+    if let Some((cert, key)) = files {
+        let pem = std::fs::read_to_string(cert).expect("--upstream-ca-cert");
+        let key = KeyPair::from_pem(&std::fs::read_to_string(key).expect("--upstream-ca-key")).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&pem, key).unwrap();
+        return (pem, issuer);
+    }
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    (pem, Issuer::new(ca_params, ca_key))
 }
 
 /// A TLS upstream (h1 + h2) answering a small fixed JSON body; checks the credential arrived.
@@ -162,11 +189,33 @@ struct Run {
 /// User + system CPU time of this process so far (Linux `/proc/self/stat`, in USER_HZ = 100
 /// ticks), including threads that have exited; `None` elsewhere.
 fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of("self")
+}
+
+fn cpu_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is parenthesised and may contain spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time of `pid` and all its live descendants.
+fn tree_cpu(pid: u32) -> Duration {
+    let mut total = cpu_of(&pid.to_string()).unwrap_or_default();
+    let children = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().flat_map(|task| {
+        std::fs::read_to_string(task.path().join("children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    });
+    for child in children.collect::<Vec<_>>() {
+        if let Ok(child) = child.parse() {
+            total += tree_cpu(child);
+        }
+    }
+    total
 }
 
 /// `concurrency` loops, each with its own client (its own keep-alive connection).
@@ -239,11 +288,7 @@ async fn warm(clients: &[reqwest::Client], url: &str, token: &str) {
 #[tokio::main]
 async fn main() {
     let opts = options();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let upstream_ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    let (upstream_ca_pem, issuer) = upstream_ca(opts.upstream_ca.as_ref());
     let port = upstream(&issuer, opts.upstream_alpn != "h1").await;
     let url = format!("https://localhost:{port}/bench");
 
@@ -277,7 +322,22 @@ async fn main() {
         warm(&proxy_clients, &url, PLACEHOLDER).await;
         let direct = load(direct_clients, &url, SECRET, opts.seconds).await;
         let proxied = load(proxy_clients, &url, PLACEHOLDER, opts.seconds).await;
-        for (name, run) in [("direct", &direct), ("broker", &proxied)] {
+        let peer = match &opts.peer {
+            Some((peer_url, peer_ca)) => {
+                let peer_ca = std::fs::read_to_string(peer_ca).expect("--peer-ca");
+                let peer_clients: Vec<_> = (0..concurrency).map(|_| client(&peer_ca, Some(peer_url))).collect();
+                warm(&peer_clients, &url, SECRET).await;
+                let before = opts.peer_pid.map(tree_cpu);
+                let mut run = load(peer_clients, &url, SECRET, opts.seconds).await;
+                if let (Some(pid), Some(before), Some(cpu)) = (opts.peer_pid, before, run.cpu) {
+                    run.cpu = Some(cpu + tree_cpu(pid).saturating_sub(before));
+                }
+                Some(run)
+            }
+            None => None,
+        };
+        for (name, run) in [("direct", Some(&direct)), ("broker", Some(&proxied)), ("peer", peer.as_ref())] {
+            let Some(run) = run else { continue };
             println!(
                 "{:<16} {:>10.0} {:>9} {:>9} {:>8} {:>12}",
                 format!("{label}-{name}"),
@@ -296,6 +356,16 @@ async fn main() {
         let cpu_ratio = cpu_us_per_request(&direct).zip(cpu_us_per_request(&proxied)).map(|(d, p)| d / p);
         let cpu_text = cpu_ratio.map_or_else(String::new, |r| format!(", CPU-per-request ratio {r:.2}"));
         println!("{label}: added p50 {added_p50} us, added p99 {added_p99} us, throughput ratio {ratio:.2}{cpu_text}");
+        let peer_report = peer.as_ref().map(|run| {
+            let peer_ratio = rps(run) / rps(&direct);
+            let peer_cpu_ratio = cpu_us_per_request(&direct).zip(cpu_us_per_request(run)).map(|(d, p)| d / p);
+            let added_p50 = percentile(&run.latencies_us, 0.5).saturating_sub(percentile(&direct.latencies_us, 0.5));
+            println!(
+                "{label} peer: added p50 {added_p50} us, throughput ratio {peer_ratio:.2}, CPU-per-request ratio {}",
+                peer_cpu_ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
+            );
+            serde_json::json!({"rps": rps(run), "p50_us": percentile(&run.latencies_us, 0.5), "p99_us": percentile(&run.latencies_us, 0.99), "errors": run.errors, "cpu_us_per_request": cpu_us_per_request(run), "added_p50_us": added_p50, "throughput_ratio": peer_ratio, "cpu_per_request_ratio": peer_cpu_ratio})
+        });
         report.insert(
             label.to_owned(),
             serde_json::json!({
@@ -306,6 +376,7 @@ async fn main() {
                 "added_p99_us": added_p99,
                 "throughput_ratio": ratio,
                 "cpu_per_request_ratio": cpu_ratio,
+                "peer": peer_report,
             }),
         );
     }
