@@ -185,25 +185,23 @@ impl Rules {
         Ok(Self { unmatched: file.unmatched, rules })
     }
 
-    /// Whether any rule names this host: CONNECTs to it are intercepted.
-    pub fn covers_host(&self, host: &str) -> bool {
-        self.rules.iter().any(|r| r.host.matches(host))
-    }
-
-    /// The rule for a request: among those matching the host, the longest matching path prefix;
-    /// on a tie, the first in the file.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Rule> {
-        longest_prefix(self.rules.iter().filter(|r| r.host.matches(host)), path)
-    }
-
-    /// The rules naming `host`, looked up once for all the requests of a tunnel to it.
+    /// The rules naming `host`, looked up once for all the requests of a tunnel to it; when
+    /// there are none, CONNECTs to the host are not intercepted.
     pub fn for_host(&self, host: &str) -> HostRules {
         HostRules(self.rules.iter().filter(|r| r.host.matches(host)).map(|r| r.index).collect())
     }
 
-    /// [`Rules::find`] among the rules of one host.
+    /// The rule for a request to the host of `host`: the longest matching path prefix; on a tie,
+    /// the first in the file.
     pub fn find_for(&self, host: &HostRules, path: &str) -> Option<&Rule> {
-        longest_prefix(host.0.iter().filter_map(|&index| self.rules.get(index)), path)
+        let mut best: Option<&Rule> = None;
+        let rules = host.0.iter().filter_map(|&index| self.rules.get(index));
+        for rule in rules.filter(|r| path.starts_with(r.path_prefix.as_str())) {
+            if best.is_none_or(|b| rule.path_prefix.len() > b.path_prefix.len()) {
+                best = Some(rule);
+            }
+        }
+        best
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -219,17 +217,6 @@ impl HostRules {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-/// Among `rules` (in file order), the longest `path_prefix` of `path`; on a tie, the first.
-fn longest_prefix<'a>(rules: impl Iterator<Item = &'a Rule>, path: &str) -> Option<&'a Rule> {
-    let mut best: Option<&Rule> = None;
-    for rule in rules.filter(|r| path.starts_with(r.path_prefix.as_str())) {
-        if best.is_none_or(|b| rule.path_prefix.len() > b.path_prefix.len()) {
-            best = Some(rule);
-        }
-    }
-    best
 }
 
 /// `github:work` → `MANDATE_PLACEHOLDER_GITHUB_WORK`.
@@ -322,8 +309,13 @@ fn check_connection_name(name: &str) -> Result<(), String> {
 /// requests are refused rather than normalised.
 pub fn is_ambiguous_path(path: &str) -> bool {
     let bytes = path.as_bytes();
-    let encoded_slash = bytes.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
+    let encoded_slash = (0..bytes.len()).any(|i| is_encoded(&bytes[i..], b'f'));
     encoded_slash || path.split('/').any(|segment| matches!(dots(segment.as_bytes()), Some(1 | 2)))
+}
+
+/// Whether `bytes` starts with `%2` and the hex digit `digit` (any case): `%2e` is `.`, `%2f` is `/`.
+fn is_encoded(bytes: &[u8], digit: u8) -> bool {
+    matches!(bytes, [b'%', b'2', d, ..] if d.eq_ignore_ascii_case(&digit))
 }
 
 /// How many dots a path segment is made of, each `.` or `%2e` (any case); `None` if anything else.
@@ -332,11 +324,7 @@ fn dots(mut segment: &[u8]) -> Option<usize> {
     while !segment.is_empty() {
         if segment[0] == b'.' {
             segment = &segment[1..];
-        } else if segment.len() >= 3
-            && segment[0] == b'%'
-            && segment[1] == b'2'
-            && segment[2].eq_ignore_ascii_case(&b'e')
-        {
+        } else if is_encoded(segment, b'e') {
             segment = &segment[3..];
         } else {
             return None;
@@ -400,6 +388,11 @@ mod tests {
 
     use super::*;
 
+    /// The connection of the rule a request to `host` and `path` goes by.
+    fn connection<'a>(rules: &'a Rules, host: &str, path: &str) -> Option<&'a str> {
+        rules.find_for(&rules.for_host(host), path).map(|r| r.connection.as_str())
+    }
+
     fn one(rule: &str) -> Result<Rules, RulesError> {
         Rules::parse(&format!("[[rule]]\n{rule}"))
     }
@@ -438,12 +431,13 @@ mod tests {
             "[[rule]]\nhost = \"*.example.com\"\nconnection = \"a\"\n[[rule]]\nhost = \"api.github.com\"\nconnection = \"b\"",
         )
         .unwrap();
-        assert!(rules.covers_host("a.example.com"));
-        assert!(rules.covers_host("A.B.Example.COM"));
-        assert!(!rules.covers_host("example.com"));
-        assert!(!rules.covers_host("badexample.com"));
-        assert!(rules.covers_host("API.github.com"));
-        assert!(!rules.covers_host("api.github.com.evil"));
+        let covered = |host: &str| !rules.for_host(host).is_empty();
+        assert!(covered("a.example.com"));
+        assert!(covered("A.B.Example.COM"));
+        assert!(!covered("example.com"));
+        assert!(!covered("badexample.com"));
+        assert!(covered("API.github.com"));
+        assert!(!covered("api.github.com.evil"));
     }
 
     #[test]
@@ -453,15 +447,14 @@ mod tests {
              [[rule]]\nhost = \"h.test\"\npath_prefix = \"/v2\"\nconnection = \"v2\"",
         )
         .unwrap();
-        assert_eq!(rules.find("h.test", "/v2/x").map(|r| r.connection.as_str()), Some("v2"));
-        assert_eq!(rules.find("h.test", "/v1").map(|r| r.connection.as_str()), Some("root"));
-        assert!(rules.find("other.test", "/").is_none());
-        // The same answers from the rules looked up once per host.
+        assert_eq!(connection(&rules, "h.test", "/v2/x"), Some("v2"));
+        assert_eq!(connection(&rules, "h.test", "/v1"), Some("root"));
+        // One host's rules, looked up once, answer every path.
         let host = rules.for_host("h.test");
         assert_eq!(rules.find_for(&host, "/v2/x").map(|r| r.connection.as_str()), Some("v2"));
         assert_eq!(rules.find_for(&host, "/v1").map(|r| r.connection.as_str()), Some("root"));
         assert!(rules.for_host("other.test").is_empty());
-        assert!(rules.find_for(&rules.for_host("other.test"), "/").is_none());
+        assert!(connection(&rules, "other.test", "/").is_none());
     }
 
     #[test]
@@ -473,13 +466,10 @@ mod tests {
         )
         .unwrap();
         for host in ["api.example.com", "API.Example.Com"] {
-            assert_eq!(rules.find(host, "/x").map(|r| r.connection.as_str()), Some("wild"));
-            assert_eq!(rules.find(host, "/v1/x").map(|r| r.connection.as_str()), Some("v1"));
-            let own = rules.for_host(host);
-            assert_eq!(rules.find_for(&own, "/x").map(|r| r.connection.as_str()), Some("wild"));
-            assert_eq!(rules.find_for(&own, "/v1/x").map(|r| r.connection.as_str()), Some("v1"));
+            assert_eq!(connection(&rules, host, "/x"), Some("wild"));
+            assert_eq!(connection(&rules, host, "/v1/x"), Some("v1"));
         }
-        assert_eq!(rules.find("other.example.com", "/v1").map(|r| r.connection.as_str()), Some("wild"));
+        assert_eq!(connection(&rules, "other.example.com", "/v1"), Some("wild"));
     }
 
     #[test]
