@@ -35,16 +35,30 @@ const MIGRATE_LOCK: i32 = 0x4d44_0001;
 const COMMIT_LOCK: i32 = 0x4d44_0002;
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 /// The latest epoch over all subjects in one round trip.
-const EPOCHS: &str = "SELECT MAX(e.not_before) FROM revocation_epochs e \
-                      JOIN unnest($1::text[], $2::text[]) AS s(kind, name) \
-                      ON e.kind = s.kind AND e.name = s.name";
+/// The latest revocation epoch of the subjects whose kinds and names are the two array
+/// parameters `$kinds` and `$names`.
+macro_rules! latest_epoch {
+    ($kinds:literal, $names:literal) => {
+        concat!(
+            "SELECT MAX(e.not_before) FROM revocation_epochs e JOIN unnest(",
+            $kinds,
+            "::text[], ",
+            $names,
+            "::text[]) AS s(kind, name) ON e.kind = s.kind AND e.name = s.name"
+        )
+    };
+}
 
-const TOKEN_REVOCATION: &str = "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1), \
-                                (SELECT MAX(e.not_before) FROM revocation_epochs e \
-                                 JOIN unnest($2::text[], $3::text[]) AS s(kind, name) \
-                                 ON e.kind = s.kind AND e.name = s.name)";
+const EPOCHS: &str = latest_epoch!("$1", "$2");
+const TOKEN_REVOCATION: &str =
+    concat!("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1), (", latest_epoch!("$2", "$3"), ")");
 
 type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Revocation subjects as the two text arrays [`latest_epoch!`] queries take.
+fn subject_arrays<'a>(subjects: &[(EpochKind, &'a str)]) -> (Vec<&'a str>, Vec<&'a str>) {
+    subjects.iter().map(|(kind, name)| (kind.as_str(), *name)).unzip()
+}
 
 pub struct PostgresStore {
     pool: Pool,
@@ -259,8 +273,7 @@ impl Store for PostgresStore {
     }
 
     async fn revoked_before(&self, subjects: &[(EpochKind, &str)]) -> Result<Option<i64>> {
-        let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
-        let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();
+        let (kinds, names) = subject_arrays(subjects);
         Ok(self.query_one(EPOCHS, &[&kinds, &names], |row| row.opt_int(0)).await?.flatten())
     }
 
@@ -269,8 +282,7 @@ impl Store for PostgresStore {
     }
 
     async fn token_revocation(&self, jti: &str, subjects: &[(EpochKind, &str)]) -> Result<TokenRevocation> {
-        let kinds: Vec<&str> = subjects.iter().map(|(kind, _)| kind.as_str()).collect();
-        let names: Vec<&str> = subjects.iter().map(|(_, name)| *name).collect();
+        let (kinds, names) = subject_arrays(subjects);
         let decode: Decode<(bool, Option<i64>)> = |row| Ok((row.boolean(0)?, row.opt_int(1)?));
         let row = self.query_one(TOKEN_REVOCATION, &[&jti, &kinds, &names], decode).await?;
         let (token_revoked, not_before) = row.unwrap_or_default();
