@@ -326,7 +326,7 @@ for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || fail "a process (pid $
 # ---- report -------------------------------------------------------------------------------
 REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 python3 - "$WORK" "$OUT" "$THREADS" "$CONNS" "$DURATION" "$WARMUP" "$REV" "$SCRATCH" <<'PY'
-import json, os, sys
+import json, os, statistics, sys
 work, out, threads, conns, duration, warmup, rev, scratch = sys.argv[1:]
 RATIO_MIN, ADDED_P99_MAX_MS = 0.60, 1.0
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -335,7 +335,7 @@ RUNS = {
     "get-direct": ("upstream", None), "get-gateway": ("upstream", "gateway"),
     "post-direct": ("upstream", None), "post-gateway": ("upstream", "gateway"),
     "c1-direct": ("upstream", None), "c1-gateway": ("upstream", "gateway"),
-    "get-nginx": ("upstream", "nginx"), "c1-nginx": ("upstream", "nginx"),
+    "get-nginx": ("upstream", "nginx"), "c1n-direct": ("upstream", None), "c1-nginx": ("upstream", "nginx"),
     "mcp-direct": ("mcp-upstream", None), "mcp-gateway": ("mcp-upstream", "mcp-gateway"),
     "mcpc1-direct": ("mcp-upstream", None), "mcpc1-gateway": ("mcp-upstream", "mcp-gateway"),
     "get-policy": ("upstream", "gateway"), "post-policy": ("upstream", "gateway"),
@@ -349,8 +349,8 @@ def load(name):
 
 def merge(repeats):
     """Repeated runs of one kind: each percentile is the median over the repeats, counts add up."""
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    merged = {
+    median = statistics.median_high
+    return {
         "latency_ms": {k: median([r["latency_ms"][k] for r in repeats]) for k in repeats[0]["latency_ms"]},
         "requests": sum(r["requests"] for r in repeats),
         "ok_rps": round(sum(r["ok_rps"] for r in repeats) / len(repeats), 1),
@@ -360,10 +360,8 @@ def merge(repeats):
         "cpu_ticks": {p: sum(r["cpu_ticks"].get(p, 0) for r in repeats) for p in repeats[0]["cpu_ticks"]},
         "repeats": [{"p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "ok_rps": r["ok_rps"]} for r in repeats],
     }
-    return merged
 
 runs = {}
-RUNS.update({"c1n-direct": ("upstream", None)})
 for name, (upstream, proxy) in RUNS.items():
     if os.path.exists(os.path.join(work, name + ".json")):
         r = load(name)
